@@ -1,0 +1,19 @@
+"""Physical constants (SI units). The single place where they are defined."""
+
+GRAVITY = 9.80665  # m s-2
+DRY_AIR_GAS_CONSTANT = 287.04  # J kg-1 K-1
+WATER_VAPOR_GAS_CONSTANT = 461.5  # J kg-1 K-1
+DRY_AIR_HEAT_CAPACITY = 1004.0  # J kg-1 K-1, constant pressure
+LATENT_HEAT_VAPORIZATION = 2.5e6  # J kg-1
+REFERENCE_PRESSURE = 1.0e5  # Pa, for potential temperature
+KAPPA = DRY_AIR_GAS_CONSTANT / DRY_AIR_HEAT_CAPACITY  # R/cp
+VON_KARMAN = 0.4
+EARTH_ROTATION_RATE = 7.2921e-5  # rad s-1
+STEFAN_BOLTZMANN = 5.670374e-8  # W m-2 K-4
+
+
+def coriolis_parameter(latitude_degrees):
+    """f = 2 Ω sin(latitude), s-1."""
+    import math
+
+    return 2.0 * EARTH_ROTATION_RATE * math.sin(math.radians(latitude_degrees))

@@ -3,6 +3,7 @@ prescribed tendencies and Newtonian relaxation (nudging)."""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from scm.forcing import Forcing
@@ -24,7 +25,7 @@ class LargeScaleForcing(AbstractParameterization):
     - Newtonian relaxation toward reference profiles, ∂x/∂t = −r(z) (x − x_ref), r = 1/τ.
     """
 
-    subside_momentum: bool = False
+    subside_momentum: bool = eqx.field(static=True, default=False)
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
         f = forcing.coriolis_parameter

@@ -9,7 +9,7 @@ from scm.grid import ColumnGrid
 
 
 def boundary_layer_height(
-    grid: ColumnGrid, uw: Float[Array, "n_interface"], vw: Float[Array, "n_interface"]
+    grid: ColumnGrid, uw: Float[Array, " n_interface"], vw: Float[Array, " n_interface"]
 ) -> Float[Array, ""]:
     """Height where the stress magnitude first falls to 5 % of its surface value, / 0.95.
 

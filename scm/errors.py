@@ -12,7 +12,7 @@ class ConfigurationError(ValueError):
 
 
 def check_range(name: str, value, low=-math.inf, high=math.inf, units: str = "") -> None:
-    """Raise ``ConfigurationError`` unless every element of ``value`` is finite and in [low, high]."""
+    """Raise ``ConfigurationError`` unless all of ``value`` is finite and in [low, high]."""
     array = np.asarray(value, dtype=float)
     unit = f" {units}" if units else ""
     if not np.all(np.isfinite(array)):

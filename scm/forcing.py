@@ -22,14 +22,14 @@ class Forcing(eqx.Module):
     """
 
     coriolis_parameter: Float[Array, ""]
-    geostrophic_u: Float[Array, "z"]
-    geostrophic_v: Float[Array, "z"]
-    subsidence: Float[Array, "z"]
-    thl_tendency: Float[Array, "z"]
-    qt_tendency: Float[Array, "z"]
-    relaxation_rate: Float[Array, "z"]
-    thl_reference: Float[Array, "z"]
-    qt_reference: Float[Array, "z"]
+    geostrophic_u: Float[Array, " z"]
+    geostrophic_v: Float[Array, " z"]
+    subsidence: Float[Array, " z"]
+    thl_tendency: Float[Array, " z"]
+    qt_tendency: Float[Array, " z"]
+    relaxation_rate: Float[Array, " z"]
+    thl_reference: Float[Array, " z"]
+    qt_reference: Float[Array, " z"]
     surface_temperature: Float[Array, ""]
     surface_heat_flux: Float[Array, ""]
     surface_moisture_flux: Float[Array, ""]
@@ -38,11 +38,10 @@ class Forcing(eqx.Module):
     @classmethod
     def create(cls, n_levels: int, **values) -> Forcing:
         """A forcing with every field zero except those given (scalars or profiles)."""
-        unknown = set(values) - set(cls.__dataclass_fields__)
+        known = sorted(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigurationError(
-                f"unknown forcing field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
+            raise ConfigurationError(f"unknown forcing field(s) {unknown}; known: {known}")
         dtype = jnp.zeros(()).dtype
         fields = {}
         for name, spec in cls.__dataclass_fields__.items():
@@ -63,7 +62,7 @@ class ForcingSeries(eqx.Module):
     cycle needs one day of nodes, with the last equal to the first).
     """
 
-    times: Float[Array, "time"]
+    times: Float[Array, " time"]
     forcing: Forcing
     period: float | None = eqx.field(static=True, default=None)
 

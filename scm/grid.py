@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from scm.constants import DRY_AIR_GAS_CONSTANT, DRY_AIR_HEAT_CAPACITY, GRAVITY, KAPPA
-from scm.constants import REFERENCE_PRESSURE
+from scm.constants import (
+    DRY_AIR_GAS_CONSTANT,
+    DRY_AIR_HEAT_CAPACITY,
+    GRAVITY,
+    KAPPA,
+    REFERENCE_PRESSURE,
+)
 from scm.errors import ConfigurationError, check_range
 
 MIN_LEVELS = 8
@@ -22,13 +27,13 @@ class ColumnGrid(eqx.Module):
     (anelastic approximation, e.g. Ogura & Phillips 1962). Layer mass is ``rho * dz``.
     """
 
-    z_interface: Float[Array, "n_interface"]
-    rho: Float[Array, "z"]
-    rho_interface: Float[Array, "n_interface"]
-    pressure: Float[Array, "z"]
-    pressure_interface: Float[Array, "n_interface"]
-    exner: Float[Array, "z"]
-    exner_interface: Float[Array, "n_interface"]
+    z_interface: Float[Array, " n_interface"]
+    rho: Float[Array, " z"]
+    rho_interface: Float[Array, " n_interface"]
+    pressure: Float[Array, " z"]
+    pressure_interface: Float[Array, " n_interface"]
+    exner: Float[Array, " z"]
+    exner_interface: Float[Array, " n_interface"]
 
     @classmethod
     def from_interfaces(cls, z_interface, surface_pressure: float, theta_profile) -> ColumnGrid:
@@ -91,17 +96,17 @@ class ColumnGrid(eqx.Module):
         return self.z_interface.shape[-1] - 1
 
     @property
-    def z(self) -> Float[Array, "z"]:
+    def z(self) -> Float[Array, " z"]:
         """Layer-centre heights (m)."""
         return 0.5 * (self.z_interface[..., 1:] + self.z_interface[..., :-1])
 
     @property
-    def dz(self) -> Float[Array, "z"]:
+    def dz(self) -> Float[Array, " z"]:
         """Layer thicknesses (m)."""
         return jnp.diff(self.z_interface, axis=-1)
 
     @property
-    def dz_interface(self) -> Float[Array, "n_interface"]:
+    def dz_interface(self) -> Float[Array, " n_interface"]:
         """Distance between the centres on either side of each interface (m).
 
         At the surface it is the height of the first centre (the ground is the value below);
@@ -112,7 +117,7 @@ class ColumnGrid(eqx.Module):
         return jnp.concatenate([z[..., :1], inner, inner[..., -1:]], axis=-1)
 
     @property
-    def layer_mass(self) -> Float[Array, "z"]:
+    def layer_mass(self) -> Float[Array, " z"]:
         """ρ Δz, kg m-2."""
         return self.rho * self.dz
 
@@ -157,6 +162,6 @@ def validate_interfaces(z_interface: np.ndarray) -> None:
         )
     if widths.max() > 0.25 * z_interface[-1]:
         raise ConfigurationError(
-            f"grid too coarse: a layer is {widths.max():g} m thick, the allowed maximum is a "
-            f"quarter of the domain ({0.25 * z_interface[-1]:g} m)"
+            f"z_interface too coarse: a layer is {widths.max():g} m thick, the allowed maximum "
+            f"is a quarter of the domain ({0.25 * z_interface[-1]:g} m)"
         )

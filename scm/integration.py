@@ -123,7 +123,7 @@ class Trajectory(eqx.Module):
     last valid value.
     """
 
-    time: Float[Array, "time"]
+    time: Float[Array, " time"]
     state: State
     flux: State
     diagnostics: dict[str, Array]
@@ -142,17 +142,14 @@ def first_violation(state: State, bounds: dict[str, tuple[float, float]]) -> Int
 
 def checkpointed_steps(step, carry, n: int):
     """Apply ``step`` n times under two-level (√n) checkpointing: memory O(√n) for gradients."""
-    if n == 0:
-        return carry
-    inner = max(1, math.isqrt(n))
-    outer, remainder = divmod(n, inner)
+    # The inner length divides n, so the step is traced (and compiled) once.
+    inner = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
 
     def repeat(c, length):
         return jax.lax.scan(lambda c, _: (step(c), None), c, None, length=length)[0]
 
     chunk = jax.checkpoint(lambda c, _: (repeat(c, inner), None))
-    carry = jax.lax.scan(chunk, carry, None, length=outer)[0]
-    return repeat(carry, remainder) if remainder else carry
+    return jax.lax.scan(chunk, carry, None, length=n // inner)[0]
 
 
 def rollout(
@@ -164,11 +161,15 @@ def rollout(
     n_steps: int,
     save_every: int = 1,
     bounds: dict[str, tuple[float, float]] = DEFAULT_BOUNDS,
+    failed_at=jnp.inf,
+    failed_level=-1,
 ) -> Trajectory:
     """Integrate one column for ``n_steps`` steps of ``dt`` seconds, saving every ``save_every``.
 
     The saved times are t0 and every ``save_every`` steps after it (``n_steps`` must be a
-    multiple of ``save_every``). Batch over columns with ``jax.vmap``.
+    multiple of ``save_every``). Batch over columns with ``jax.vmap``. To continue an earlier
+    rollout, pass its last state and its ``failed_at``/``failed_level``: a column that has
+    already failed stays held.
     """
     if n_steps % save_every:
         raise ValueError(f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
@@ -201,8 +202,8 @@ def rollout(
         carry = checkpointed_steps(step, carry, save_every)
         return carry, save(carry[0], carry[1])
 
-    carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype),
-              jnp.asarray(-1, jnp.int32))
+    carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(failed_at, dtype),
+              jnp.asarray(failed_level, jnp.int32))
     carry, saved = jax.lax.scan(save_interval, carry0, None, length=n_steps // save_every)
     first = save(state0, carry0[1])
     time, state, flux, diagnostics = jax.tree.map(

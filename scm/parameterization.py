@@ -86,6 +86,6 @@ class AbstractParameterization(eqx.Module):
         """Names of the prognostic tracers this scheme owns (e.g. ``("tke",)``)."""
         return ()
 
-    def initial_tracers(self, grid: ColumnGrid) -> dict[str, Float[Array, "z"]]:
+    def initial_tracers(self, grid: ColumnGrid) -> dict[str, Float[Array, " z"]]:
         """Default initial values of the tracers this scheme owns."""
         return {name: jnp.zeros_like(grid.z) for name in self.required_tracers()}

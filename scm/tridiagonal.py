@@ -38,11 +38,11 @@ def _thomas(lower, diag, upper, rhs):
 
 @jax.custom_vjp
 def tridiagonal_solve(
-    lower: Float[Array, "z *batch"],
-    diag: Float[Array, "z *batch"],
-    upper: Float[Array, "z *batch"],
-    rhs: Float[Array, "z *batch"],
-) -> Float[Array, "z *batch"]:
+    lower: Float[Array, " z *batch"],
+    diag: Float[Array, " z *batch"],
+    upper: Float[Array, " z *batch"],
+    rhs: Float[Array, " z *batch"],
+) -> Float[Array, " z *batch"]:
     """Solve tridiagonal systems along axis 0 (``lower[0]`` and ``upper[-1]`` are ignored)."""
     return _thomas(lower, diag, upper, rhs)
 

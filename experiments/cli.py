@@ -1,0 +1,288 @@
+"""The ``scm`` command line.
+
+Usage::
+
+    scm cases [CASE]          list the cases, their parameters and allowed ranges
+    scm run CASE [--hours H] [--dt S] [--levels N] [--turbulence NAME] [--columns N]
+                 [--seed S] [--out FILE.nc] [--plot DIR] [--set NAME=VALUE ...]
+                 [--no-progress] [--no-cache]
+
+Every input is validated before anything is compiled: a bad value prints one line naming the
+field and its allowed range to stderr and exits with status 2. A run whose columns fail
+(non-finite or out of physical bounds) still writes its file, warns when and where each
+column failed, and exits 0. Compiled programs are kept on disk (JAX's persistent compilation
+cache, see ``enable_compilation_cache``), so a repeated run of the same configuration skips
+most of its compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import cases
+from experiments.run import case_dataset, run_case
+from scm.errors import ConfigurationError, check_range
+from scm.io import write_netcdf
+
+PROGRAM = "scm"
+
+#: Failed columns listed one by one before the rest are summarized.
+MAX_FAILURE_LINES = 10
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``scm`` with one subparser per command."""
+    parser = _Parser(prog=PROGRAM, description="Differentiable single-column atmospheric model.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    listing = commands.add_parser("cases", help="list the cases and their parameters",
+                                  description="List the cases, their parameters and ranges.")
+    listing.add_argument("case", nargs="?", help="show only this case")
+    listing.set_defaults(handler=command_cases)
+
+    run = commands.add_parser(
+        "run", help="run a case and write a netCDF file",
+        description="Run a case (column 0 unperturbed, further columns with seeded "
+                    "perturbations of the initial state) and write the trajectory to netCDF.",
+    )
+    run.add_argument("case", metavar="CASE", help="case name (see 'scm cases')")
+    run.add_argument("--hours", type=float, help="simulated time (h; default: the case's)")
+    run.add_argument("--dt", type=float, help="time step (s; default: the case's)")
+    run.add_argument("--levels", type=int, help="number of vertical levels")
+    run.add_argument("--turbulence", metavar="NAME",
+                     help=f"turbulence closure: {', '.join(cases.TURBULENCE_NAMES)}")
+    run.add_argument("--columns", type=int, default=1,
+                     help="columns run at once (default 1: the unperturbed case)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default 0)")
+    run.add_argument("--out", metavar="FILE.nc", help="output file (default: CASE.nc here)")
+    run.add_argument("--plot", metavar="DIR", help="also write quick-look PNGs into DIR")
+    run.add_argument("--set", metavar="NAME=VALUE", dest="assignments", nargs="+",
+                     action="extend", default=[], help="case parameter (see 'scm cases CASE')")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar")
+    run.add_argument("--no-cache", dest="cache", action="store_false",
+                     help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
+    run.set_defaults(handler=command_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scm`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.handler(args)
+    except ConfigurationError as error:
+        print(f"{PROGRAM} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def command_cases(args: argparse.Namespace) -> int:
+    """Print every case (or one) with its description and parameter table."""
+    descriptions = cases.describe_cases()
+    names = list(descriptions)
+    if args.case is not None:
+        if args.case not in descriptions:
+            raise ConfigurationError(
+                f"unknown case {args.case!r}; choose one of: {', '.join(names)}")
+        names = [args.case]
+    for name in names:
+        print(f"{name}: {descriptions[name]}")
+        print(f"    defaults: {_defaults(cases.build_case(name))}")
+        specs = cases.case_parameters(name)
+        if not specs:
+            continue
+        rows = [(p, _show(d), f"[{_show(lo)}, {_show(hi)}]", units, text)
+                for p, (d, lo, hi, units, text) in specs.items()]
+        widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+        for row in rows:
+            cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths, strict=True))
+            print(f"    {cells}  {row[4]}")
+    print(f"turbulence closures (--turbulence): {', '.join(cases.TURBULENCE_NAMES)}")
+    return 0
+
+
+def _defaults(case) -> str:
+    """One line on a case's default grid, time step, length and closure."""
+    grid = case.model.grid
+    turbulence = case.parameters.get("turbulence", type(case.model.turbulence).__name__)
+    return (f"{grid.n_levels} levels to {float(grid.z_interface[-1]):g} m, dt {case.dt:g} s, "
+            f"{case.hours:g} h, turbulence {turbulence}, output every "
+            f"{case.dt * case.save_every:g} s")
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """Validate everything, run the case, write netCDF (and plots), print a summary."""
+    start = time.perf_counter()
+    if args.case not in cases.CASE_NAMES:
+        raise ConfigurationError(
+            f"unknown case {args.case!r}; choose one of: {', '.join(cases.CASE_NAMES)}")
+    check_range("columns", args.columns, 1, 100_000)
+    check_range("seed", args.seed, 0, 2**32 - 1)
+    out = Path(args.out if args.out is not None else f"{args.case}.nc")
+    check_output_path(out)
+    if args.plot is not None and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise ConfigurationError(f"--plot {args.plot} exists and is not a directory")
+    parameters = parse_assignments(args.assignments, cases.case_parameters(args.case))
+    if args.cache:
+        enable_compilation_cache()  # before anything compiles: JAX decides once per process
+    case = cases.build_case(args.case, levels=args.levels, dt=args.dt, hours=args.hours,
+                            turbulence=args.turbulence, **parameters)
+
+    result = run_case(case, n_columns=args.columns, seed=args.seed, progress=args.progress)
+    dataset = case_dataset(case, result)
+    write_netcdf(dataset, out)
+    plots = []
+    if args.plot is not None:
+        from experiments.plots import plot_trajectory
+
+        plots = plot_trajectory(dataset, args.plot)
+    report_failures(dataset)
+    print_summary(dataset, out, plots, time.perf_counter() - start)
+    return 0
+
+
+def enable_compilation_cache() -> Path | None:
+    """Keep compiled programs on disk so that a repeated run skips most of its compilation.
+
+    Uses JAX's persistent compilation cache in ``$SCM_CACHE_DIR`` (an empty value turns it
+    off), else ``$XDG_CACHE_HOME/hybrid-scm/jax`` or ``~/.cache/hybrid-scm/jax``. A cache
+    directory already configured for JAX is left as it is; an unusable one is skipped.
+    Returns the directory in use, or None.
+    """
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return Path(configured)
+    location = os.environ.get("SCM_CACHE_DIR")
+    if location == "":
+        return None
+    if location is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        location = Path(base) / "hybrid-scm" / "jax"
+    path = Path(location)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
+def check_output_path(path: Path) -> None:
+    """The output file must be creatable: an existing, writable directory, not a directory."""
+    if path.is_dir():
+        raise ConfigurationError(f"--out {path} is a directory; give a file name (FILE.nc)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigurationError(f"--out {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigurationError(f"--out {path}: directory {parent} is not writable")
+
+
+def parse_assignments(assignments: Sequence[str], specs: dict) -> dict:
+    """``NAME=VALUE`` strings to case parameters, each converted to its default's type."""
+    parameters = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise ConfigurationError(f"--set expects NAME=VALUE (got {item!r})")
+        if name not in specs:
+            known = ", ".join(specs) or "none"
+            raise ConfigurationError(f"unknown parameter {name!r} for this case; known: {known}")
+        parameters[name] = _convert(name, text, specs[name][0])
+    return parameters
+
+
+def _convert(name: str, text: str, default):
+    """``text`` as a value of ``default``'s type (bool, int, float or str)."""
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered in ("true", "yes", "on", "1"):
+                return True
+            if lowered in ("false", "no", "off", "0"):
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+        raise ConfigurationError(f"parameter {name} expects {kind} (got {text!r})") from None
+    return text
+
+
+def report_failures(dataset) -> None:
+    """Warn on stderr when and where each failed column failed."""
+    failed_at = dataset["failed_at"].values
+    failed = np.flatnonzero(np.isfinite(failed_at))
+    for column in failed[:MAX_FAILURE_LINES]:
+        seconds = float(failed_at[column])
+        height = float(dataset["failed_height"].values[column])
+        print(f"{PROGRAM} run: warning: column {column} failed (non-finite or out of bounds) at "
+              f"t = {seconds:g} s ({seconds / 3600:.3g} h), height {height:.4g} m; it is held "
+              "at its last valid state from then on", file=sys.stderr)
+    if len(failed) > MAX_FAILURE_LINES:
+        print(f"{PROGRAM} run: warning: ... and {len(failed) - MAX_FAILURE_LINES} more failed "
+              "columns", file=sys.stderr)
+
+
+def print_summary(dataset, out: Path, plots: list[Path], seconds: float) -> None:
+    """A few lines on stdout: final u* and boundary-layer height, failures, files, wall time."""
+    n_columns = dataset.sizes["column"]
+    hours = float(dataset["time"].values[-1]) / 3600.0
+    print(f"{dataset.attrs.get('case')}: {hours:g} h simulated, {n_columns} column(s), "
+          f"{dataset.sizes['z']} levels, dt {dataset.attrs.get('time_step_s'):g} s")
+    for name, text in (("ustar", "final u*"), ("boundary_layer_height", "final BL height")):
+        if name in dataset:
+            print(f"  {text:<18}{_final_value(dataset, name)}")
+    n_failed = int(np.isfinite(dataset["failed_at"].values).sum())
+    print(f"  {'failed columns':<18}{n_failed} of {n_columns}")
+    print(f"  {'output':<18}{out}")
+    for path in plots:
+        print(f"  {'plot':<18}{path}")
+    print(f"  {'wall time':<18}{seconds:.1f} s (compilation included)")
+
+
+def _final_value(dataset, name: str) -> str:
+    """Column 0's last value with units, and the range over columns when there are several."""
+    values = dataset[name].isel(time=-1).values.astype(float)
+    units = dataset[name].attrs.get("units", "")
+    text = f"{values[0]:.4g} {units}"
+    if values.size > 1:
+        text += f" (columns: {np.nanmin(values):.4g} .. {np.nanmax(values):.4g})"
+    return text
+
+
+def _show(value) -> str:
+    if isinstance(value, float) and (math.isinf(value) or value != value):
+        return str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Run a case: many perturbed columns at once, compiled once, with a progress bar.
+
+``run_case`` integrates ``n_columns`` copies of a case's column under ``jax.vmap``. Column 0
+is always the unperturbed control (so a one-column run is the case itself); columns 1, 2, ...
+start from the initial state plus seeded random perturbations of θ and of the wind in the
+lowest levels, which is how an ensemble of the same case is spread.
+
+The run is split into segments of equal length (about 20), each one ``scm.integration.rollout``
+call of the same compiled function (the start time is an array argument, so every segment
+reuses one compilation), so that a progress bar can advance. Segments chain exactly: a column
+that failed in an earlier segment is held at its last valid state in all later ones, as in a
+single rollout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from scm.errors import check_range
+from scm.forcing import ForcingSeries
+from scm.integration import Trajectory, rollout
+from scm.io import trajectory_to_dataset
+from scm.model import Model
+from scm.state import State
+
+#: Number of segments a run is split into for the progress bar (fewer for short runs).
+SEGMENTS = 20
+
+#: Seconds a run must take before its progress bar appears.
+PROGRESS_DELAY = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+    """Seeded random perturbations of the initial state of columns 1, 2, ... of a run.
+
+    Independent uniform noise in ``[-a, a]`` on θl (``theta_amplitude``, K) and on u and v
+    (``wind_amplitude``, m s-1) at every level whose centre lies below ``depth`` (m); the
+    lowest level is always perturbed.
+    """
+
+    theta_amplitude: float = 0.1
+    wind_amplitude: float = 0.1
+    depth: float = 200.0
+
+    def __post_init__(self):
+        check_range("perturbation theta_amplitude", self.theta_amplitude, 0.0, 10.0, "K")
+        check_range("perturbation wind_amplitude", self.wind_amplitude, 0.0, 10.0, "m s-1")
+        check_range("perturbation depth", self.depth, 0.0, 1.0e5, "m")
+
+    def apply(self, state: State, z, key: jax.Array) -> State:
+        """One perturbed copy of ``state`` (one column) on centres ``z``."""
+        z = jnp.asarray(z)
+        mask = (z <= jnp.maximum(self.depth, z[0])).astype(state.thl.dtype)
+        k_theta, k_u, k_v = jax.random.split(key, 3)
+
+        def noise(k, amplitude):
+            return amplitude * mask * jax.random.uniform(
+                k, state.thl.shape, state.thl.dtype, minval=-1.0, maxval=1.0)
+
+        return dataclasses.replace(
+            state,
+            thl=state.thl + noise(k_theta, self.theta_amplitude),
+            u=state.u + noise(k_u, self.wind_amplitude),
+            v=state.v + noise(k_v, self.wind_amplitude),
+        )
+
+
+#: The perturbation ``run_case`` applies unless told otherwise.
+DEFAULT_PERTURBATION = Perturbation()
+
+
+class CaseRun(NamedTuple):
+    """Result of ``run_case``.
+
+    ``trajectory`` and ``state0`` (the initial state of every column) have a leading column
+    axis; ``seconds`` is the wall time of the run, compilation included; ``seed`` and
+    ``perturbation`` are those the columns were perturbed with.
+    """
+
+    trajectory: Trajectory
+    state0: State
+    seconds: float
+    seed: int
+    perturbation: Perturbation | None
+
+
+class RunPlan(NamedTuple):
+    """How a run of ``n_steps`` steps is cut into equal segments of whole output intervals."""
+
+    n_steps: int
+    save_every: int
+    n_saves: int
+    saves_per_segment: int
+    n_segments: int
+
+
+def plan_run(hours: float, dt: float, save_every: int, segments: int = SEGMENTS) -> RunPlan:
+    """Segments for a run of ``hours`` at step ``dt`` (s) saving every ``save_every`` steps.
+
+    The run length is rounded to the nearest whole number of output intervals, at least one,
+    as ``experiments.cases.Case.n_steps`` does (an interval longer than the whole run is
+    first shortened to the run). All segments have the same length, so they share one
+    compilation; the last may reach past the end, and what it computes there is dropped.
+    """
+    check_range("hours", hours, 1.0e-9, math.inf, "h")
+    check_range("dt", dt, 1.0e-9, math.inf, "s")
+    check_range("save_every", save_every, 1, math.inf, "steps")
+    save_every = min(int(save_every), max(1, round(hours * 3600.0 / dt)))
+    n_saves = max(1, round(hours * 3600.0 / (dt * save_every)))
+    saves_per_segment = -(-n_saves // max(1, segments))
+    n_segments = -(-n_saves // saves_per_segment)
+    return RunPlan(n_saves * save_every, save_every, n_saves, saves_per_segment, n_segments)
+
+
+def initial_states(
+    state0: State, z, n_columns: int, seed: int, perturbation: Perturbation | None
+) -> State:
+    """``n_columns`` initial states with a leading column axis; column 0 is ``state0``."""
+    check_range("columns", n_columns, 1, 1_000_000)
+    if perturbation is None or n_columns == 1:
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (n_columns, *a.shape)), state0)
+    return _perturbed_states(state0, jnp.asarray(z), jax.random.key(seed), n_columns,
+                             perturbation)
+
+
+@eqx.filter_jit
+def _perturbed_states(state0: State, z, key, n_columns: int, perturbation: Perturbation):
+    keys = jax.random.split(key, n_columns - 1)
+    members = jax.vmap(lambda k: perturbation.apply(state0, z, k))(keys)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state0, members)
+
+
+@eqx.filter_jit
+def _segment(model: Model, forcing: ForcingSeries, states: State, failed_at, failed_level,
+             t0, dt, n_steps: int, save_every: int):
+    """One segment of every column; returns its trajectory, the last states and the failure
+    records so far (time and level of each column's first failure in any segment).
+
+    A column that failed in an earlier segment stays held at its last valid state, exactly as
+    in one long rollout. A single column skips ``vmap`` (same result; it compiles faster).
+    """
+
+    def one_column(state, column_failed_at, column_failed_level):
+        return rollout(model, state, forcing, t0, dt, n_steps, save_every,
+                       failed_at=column_failed_at, failed_level=column_failed_level)
+
+    if states.u.shape[0] == 1:
+        squeeze = jax.tree.map(lambda a: a[0], (states, failed_at, failed_level))
+        piece = jax.tree.map(lambda a: a[None], one_column(*squeeze))
+    else:
+        piece = jax.vmap(one_column)(states, failed_at, failed_level)
+    last = jax.tree.map(lambda a: a[:, -1], piece.state)
+    return piece, last, piece.failed_at, piece.failed_level
+
+
+def run_case(
+    case,
+    n_columns: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    perturbation: Perturbation | None = DEFAULT_PERTURBATION,
+) -> CaseRun:
+    """Integrate ``case`` (an ``experiments.cases.Case``) for ``n_columns`` columns at once.
+
+    Column 0 is the unperturbed control; columns 1.. are perturbed by ``perturbation`` with
+    random numbers from ``seed`` (``None`` runs identical columns). Saves every
+    ``case.save_every`` steps from t = 0 to the end (rounded to a whole number of output
+    intervals, see ``plan_run``). With ``progress`` a tqdm bar (stderr) appears when the run
+    takes more than a couple of seconds.
+    """
+    start = time.perf_counter()
+    plan = plan_run(case.hours, case.dt, case.save_every)
+    states = initial_states(case.state0, case.model.grid.z, n_columns, seed, perturbation)
+    dtype = case.state0.u.dtype
+    dt = jnp.asarray(case.dt, dtype)
+    segment_steps = plan.saves_per_segment * plan.save_every
+
+    pieces = []
+    current = states
+    failed_at = jnp.full((n_columns,), jnp.inf, dtype)
+    failed_level = jnp.full((n_columns,), -1, jnp.int32)
+    with tqdm(total=plan.n_steps, desc=case.name, unit="step", disable=not progress,
+              delay=PROGRESS_DELAY, leave=False) as bar:
+        for index in range(plan.n_segments):
+            t0 = jnp.asarray(index * segment_steps * case.dt, dtype)
+            piece, current, failed_at, failed_level = _segment(
+                case.model, case.forcing, current, failed_at, failed_level, t0, dt,
+                segment_steps, plan.save_every)
+            # to the host as it goes (this also waits, so the bar follows the computation);
+            # a later segment's first save repeats the previous segment's last
+            series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))
+            pieces.append(series if index == 0 else jax.tree.map(lambda a: a[:, 1:], series))
+            bar.update(min(segment_steps, plan.n_steps - index * segment_steps))
+
+    keep = plan.n_saves + 1
+    time_series = jax.tree.map(
+        lambda *parts: jnp.asarray(np.concatenate(parts, axis=1)[:, :keep]), *pieces)
+    failed_at, failed_level = np.asarray(failed_at), np.asarray(failed_level)
+    beyond_end = failed_at > plan.n_steps * case.dt * (1.0 + 1.0e-6)
+    trajectory = Trajectory(
+        *time_series,
+        failed_at=jnp.asarray(np.where(beyond_end, np.inf, failed_at).astype(failed_at.dtype)),
+        failed_level=jnp.asarray(np.where(beyond_end, -1, failed_level).astype(np.int32)),
+    )
+    return CaseRun(trajectory, states, time.perf_counter() - start, seed, perturbation)
+
+
+def case_attributes(case, n_columns: int = 1, seed: int = 0,
+                    perturbation: Perturbation | None = None) -> dict:
+    """Global attributes that document how a case was run (``perturbation`` only matters, and
+    is only recorded, with more than one column)."""
+    attrs = {
+        "title": f"hybrid-scm single-column run of case {case.name}",
+        "case": case.name,
+        "case_description": case.description,
+        "time_step_s": float(case.dt),
+        "hours": float(case.hours),
+        "save_every_steps": int(case.save_every),
+        "levels": int(case.model.grid.n_levels),
+        "columns": int(n_columns),
+        "slots": ", ".join(f"{slot}={type(p).__name__}"
+                           for slot, p in case.model.slots().items()),
+    }
+    if perturbation is not None and n_columns > 1:
+        attrs["seed"] = int(seed)
+        attrs["perturbation"] = dataclasses.asdict(perturbation)
+    attrs["parameter"] = dict(case.parameters)
+    return attrs
+
+
+def case_dataset(case, run: CaseRun) -> xr.Dataset:
+    """The dataset of a finished run, with global attributes from ``case`` and the run.
+
+    Case parameters become ``parameter_<name>`` attributes, perturbation settings
+    ``perturbation_<name>`` (see ``scm.io.trajectory_to_dataset`` for the layout).
+    """
+    n_columns = int(np.shape(run.trajectory.failed_at)[0])
+    attrs = case_attributes(case, n_columns, run.seed, run.perturbation)
+    return trajectory_to_dataset(run.trajectory, case.model.grid, attrs)
+
+
+__all__ = [
+    "CaseRun",
+    "DEFAULT_PERTURBATION",
+    "Perturbation",
+    "RunPlan",
+    "case_attributes",
+    "case_dataset",
+    "initial_states",
+    "plan_run",
+    "run_case",
+]

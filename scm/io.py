@@ -1,0 +1,308 @@
+"""netCDF input and output: a ``Trajectory`` as a CF-annotated ``xarray.Dataset``.
+
+This is the only module of the core that touches xarray. Layout of a dataset:
+
+- coordinates ``time`` (s since the start of the case), ``column`` (index), ``z`` (layer
+  centres, m) and ``z_interface`` (m), plus the reference state of the grid (``rho``,
+  ``pressure``, ``exner`` at centres and their ``*_interface`` twins), fixed in time;
+- prognostic fields ``(time, column, z)``: ``u``, ``v``, ``theta`` (the model's ``thl``),
+  ``qt`` and every tracer by its own name (``tke``);
+- total upward fluxes ``(time, column, z_interface)``: ``uw``, ``vw``, ``heat_flux``,
+  ``qt_flux`` and ``<tracer>_flux``;
+- diagnostics ``(time, column)`` (or with a ``z`` / ``z_interface`` axis for profiles):
+  ``ustar``, ``surface_heat_flux``, ``obukhov_length``, ``boundary_layer_height``, ...;
+- failure record ``(column,)``: ``failed_at`` (s, NaN where the column never failed),
+  ``failed_height`` (m, NaN likewise) and ``failed_level`` (−1 likewise).
+
+Every variable has CF ``units`` and ``long_name`` (``standard_name`` where CF has one) and an
+``scm_role`` / ``scm_field`` pair naming the ``Trajectory`` entry it came from, so that
+``dataset_to_trajectory`` inverts ``trajectory_to_dataset`` exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from scm.grid import ColumnGrid
+from scm.integration import Trajectory
+from scm.state import State, field_metadata
+
+PACKAGE = "hybrid-scm"
+CONVENTIONS = "CF-1.10"
+
+#: Output names of prognostic fields that are renamed; the others keep their own name.
+STATE_NAMES: dict[str, str] = {"thl": "theta"}
+
+#: Output names of the interface fluxes of the prognostic fields; tracers get ``<name>_flux``.
+FLUX_NAMES: dict[str, str] = {"u": "uw", "v": "vw", "thl": "heat_flux", "qt": "qt_flux"}
+
+#: CF metadata of the flux of each prognostic field (upward, kinematic).
+FLUX_METADATA: dict[str, dict[str, str]] = {
+    "u": {"units": "m2 s-2", "long_name": "upward kinematic flux of eastward momentum u'w'"},
+    "v": {"units": "m2 s-2", "long_name": "upward kinematic flux of northward momentum v'w'"},
+    "thl": {"units": "K m s-1", "long_name": "upward kinematic heat flux w'theta'"},
+    "qt": {"units": "kg kg-1 m s-1", "long_name": "upward kinematic flux of total water w'qt'"},
+    "tke": {"units": "m3 s-3", "long_name": "upward flux of turbulence kinetic energy"},
+}
+
+#: CF metadata of the diagnostics that schemes report; unknown names get units "1".
+DIAGNOSTIC_METADATA: dict[str, dict[str, str]] = {
+    "ustar": {"units": "m s-1", "long_name": "friction velocity"},
+    "surface_heat_flux": {"units": "K m s-1", "long_name": "surface upward kinematic heat flux"},
+    "surface_moisture_flux": {
+        "units": "kg kg-1 m s-1",
+        "long_name": "surface upward kinematic moisture flux",
+    },
+    "obukhov_length": {"units": "m", "long_name": "Obukhov length"},
+    "boundary_layer_height": {
+        "units": "m",
+        "long_name": "boundary-layer height (surface stress falls to 5 %, divided by 0.95)",
+        "standard_name": "atmosphere_boundary_layer_thickness",
+    },
+    "convective_velocity": {"units": "m s-1", "long_name": "convective velocity scale w*"},
+    "updraft_top_height": {"units": "m", "long_name": "height of the top of the dry updraft"},
+    "surface_temperature": {
+        "units": "K",
+        "long_name": "surface temperature",
+        "standard_name": "surface_temperature",
+    },
+    "mixing_length": {"units": "m", "long_name": "turbulent mixing length"},
+    "momentum_diffusivity": {"units": "m2 s-1", "long_name": "eddy diffusivity of momentum"},
+    "heat_diffusivity": {"units": "m2 s-1", "long_name": "eddy diffusivity of heat"},
+}
+
+#: CF metadata of the grid's reference state (fixed in time).
+REFERENCE_METADATA: dict[str, dict[str, str]] = {
+    "rho": {"units": "kg m-3", "long_name": "reference air density", "standard_name":
+            "air_density"},
+    "pressure": {"units": "Pa", "long_name": "reference air pressure", "standard_name":
+                 "air_pressure"},
+    "exner": {"units": "1", "long_name": "reference Exner function (p/p0)^(R/cp)"},
+}
+
+NEVER_FAILED = "NaN where the column never failed"
+
+
+def package_version() -> str:
+    """Installed version of ``hybrid-scm`` ("unknown" when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def diagnostic_metadata(name: str) -> dict[str, str]:
+    """CF metadata of a diagnostic; names without an entry get units "1"."""
+    return DIAGNOSTIC_METADATA.get(name, {"units": "1", "long_name": name.replace("_", " ")})
+
+
+def flux_name(field: str) -> str:
+    """Output name of the interface flux of a prognostic field."""
+    return FLUX_NAMES.get(field, f"{field}_flux")
+
+
+def flux_metadata(field: str) -> dict[str, str]:
+    """CF metadata of the upward flux of a field: its units times m s-1."""
+    if field in FLUX_METADATA:
+        return FLUX_METADATA[field]
+    units = field_metadata(field)["units"]
+    return {
+        "units": "m s-1" if units == "1" else f"{units} m s-1",
+        "long_name": f"upward kinematic flux of {field_metadata(field)['long_name']}",
+    }
+
+
+def trajectory_to_dataset(
+    trajectory: Trajectory, grid: ColumnGrid, attrs: Mapping | None = None
+) -> xr.Dataset:
+    """The trajectory as a CF-annotated dataset with dims ``(time, column, ...)``.
+
+    ``trajectory`` normally has a leading column axis (from ``jax.vmap``); one without it is
+    treated as a single column. ``attrs`` become global attributes (nested mappings are
+    flattened to ``outer_inner``; booleans and ``None`` become strings), next to the package
+    version, the CF conventions and a creation timestamp.
+    """
+    if np.ndim(trajectory.failed_at) == 0:
+        trajectory = jax.tree.map(lambda a: jnp.asarray(a)[None], trajectory)
+    n_levels = grid.n_levels
+
+    def profile_dims(shape: tuple[int, ...], name: str) -> tuple[str, ...]:
+        """Dims of the trailing axes of a (column, time, ...) array."""
+        dims = []
+        for i, size in enumerate(shape[2:]):
+            if size == n_levels:
+                dims.append("z")
+            elif size == n_levels + 1:
+                dims.append("z_interface")
+            else:
+                dims.append(f"{name}_dim{i}")
+        return ("time", "column", *dims)
+
+    def time_first(array) -> np.ndarray:
+        return np.swapaxes(np.asarray(array), 0, 1)
+
+    variables: dict[str, xr.Variable] = {}
+
+    def add(name: str, dims, data, metadata: Mapping, role: str, field: str) -> None:
+        if name in variables:
+            raise ValueError(f"two trajectory entries both map to the output variable {name!r}")
+        attrs = {**metadata, "scm_role": role, "scm_field": field}
+        variables[name] = xr.Variable(dims, data, attrs)
+
+    for field, values in trajectory.state.fields().items():
+        add(STATE_NAMES.get(field, field), ("time", "column", "z"), time_first(values),
+            field_metadata(field), "state", field)
+    for field, values in trajectory.flux.fields().items():
+        add(flux_name(field), ("time", "column", "z_interface"), time_first(values),
+            flux_metadata(field), "flux", field)
+    for name, values in trajectory.diagnostics.items():
+        values = np.asarray(values)
+        add(name, profile_dims(values.shape, name), time_first(values),
+            diagnostic_metadata(name), "diagnostic", name)
+
+    failed_at = np.asarray(trajectory.failed_at)
+    failed_level = np.asarray(trajectory.failed_level).astype(np.int32)
+    failed = np.isfinite(failed_at) & (failed_level >= 0)
+    z = np.asarray(grid.z)
+    failed_height = np.where(failed, z[np.clip(failed_level, 0, n_levels - 1)], np.nan)
+    add("failed_at", ("column",), np.where(failed, failed_at, np.nan).astype(failed_at.dtype),
+        {"units": "s", "long_name": "time at which the column first failed (non-finite or out "
+         "of physical bounds); afterwards it is held at its last valid state",
+         "comment": NEVER_FAILED}, "failure", "failed_at")
+    add("failed_height", ("column",), failed_height.astype(z.dtype),
+        {"units": "m", "long_name": "height of the lowest offending level at failure",
+         "comment": NEVER_FAILED}, "failure", "failed_level")
+    add("failed_level", ("column",), np.where(failed, failed_level, -1).astype(np.int32),
+        {"units": "1", "long_name": "index of the lowest offending level at failure (0 at the "
+         "surface)", "comment": "-1 where the column never failed"}, "failure", "failed_level")
+
+    time = np.asarray(trajectory.time)[0]
+    coords = {
+        "time": xr.Variable("time", time, {
+            "units": "s", "long_name": "time since the start of the case", "standard_name":
+            "time", "axis": "T", "comment": "seconds since the initial state (t = 0)"}),
+        "column": xr.Variable("column", np.arange(failed_at.shape[0], dtype=np.int32), {
+            "units": "1", "long_name": "column index (column 0 is the unperturbed control "
+            "when perturbed columns are run)"}),
+        "z": xr.Variable("z", z, {
+            "units": "m", "long_name": "height of layer centres above the surface",
+            "standard_name": "height", "positive": "up", "axis": "Z"}),
+        "z_interface": xr.Variable("z_interface", np.asarray(grid.z_interface), {
+            "units": "m", "long_name": "height of layer interfaces above the surface",
+            "standard_name": "height", "positive": "up"}),
+    }
+    for name, metadata in REFERENCE_METADATA.items():
+        coords[name] = xr.Variable("z", np.asarray(getattr(grid, name)), metadata)
+        coords[f"{name}_interface"] = xr.Variable(
+            "z_interface", np.asarray(getattr(grid, f"{name}_interface")),
+            {**metadata, "long_name": f"{metadata['long_name']} at interfaces"})
+
+    version = package_version()
+    created = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    global_attrs = {
+        "Conventions": CONVENTIONS,
+        "source": f"{PACKAGE} {version}",
+        "hybrid_scm_version": version,
+        "history": f"{created} created by {PACKAGE} {version}",
+        "date_created": created,
+        **flatten_attributes(attrs or {}),
+    }
+    return xr.Dataset(variables, coords=coords, attrs=global_attrs)
+
+
+def dataset_to_trajectory(dataset: xr.Dataset) -> Trajectory:
+    """Inverse of ``trajectory_to_dataset``: a ``Trajectory`` with a leading column axis.
+
+    Arrays keep the dataset's dtype (but follow JAX's float precision setting); failure
+    records return to the ``Trajectory`` convention (``inf`` and −1 where never failed).
+    """
+
+    def column_first(name: str) -> jax.Array:
+        return jnp.asarray(np.swapaxes(dataset[name].values, 0, 1))
+
+    def fields(role: str) -> dict[str, jax.Array]:
+        return {var.attrs["scm_field"]: column_first(name)
+                for name, var in dataset.data_vars.items() if var.attrs.get("scm_role") == role}
+
+    time = np.broadcast_to(dataset["time"].values, (dataset.sizes["column"], dataset.sizes["time"]))
+    failed_at = dataset["failed_at"].values
+    return Trajectory(
+        time=jnp.asarray(time),
+        state=State.from_fields(fields("state")),
+        flux=State.from_fields(fields("flux")),
+        diagnostics=fields("diagnostic"),
+        failed_at=jnp.asarray(np.where(np.isnan(failed_at), np.inf, failed_at)),
+        failed_level=jnp.asarray(dataset["failed_level"].values.astype(np.int32)),
+    )
+
+
+def grid_from_dataset(dataset: xr.Dataset) -> ColumnGrid:
+    """The ``ColumnGrid`` (heights and reference state) a dataset was written on."""
+    dtype = jnp.zeros(()).dtype
+
+    def array(name: str) -> jax.Array:
+        return jnp.asarray(dataset[name].values, dtype)
+
+    return ColumnGrid(
+        z_interface=array("z_interface"),
+        **{name: array(name) for name in REFERENCE_METADATA},
+        **{f"{name}_interface": array(f"{name}_interface") for name in REFERENCE_METADATA},
+    )
+
+
+def flatten_attributes(attrs: Mapping, prefix: str = "") -> dict:
+    """Global attributes that netCDF can store: nested mappings flattened to ``outer_inner``,
+    booleans and ``None`` as strings, sequences of numbers as arrays, other objects as text."""
+    out = {}
+    for key, value in attrs.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_attributes(value, f"{name}_"))
+        elif isinstance(value, bool | np.bool_):
+            out[name] = "true" if value else "false"
+        elif value is None:
+            out[name] = "none"
+        elif isinstance(value, str | int | float | np.integer | np.floating):
+            out[name] = value
+        elif isinstance(value, list | tuple | np.ndarray) and all(
+            isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+            for v in np.asarray(value, dtype=object).ravel()
+        ):
+            out[name] = np.asarray(value)
+        elif isinstance(value, list | tuple):
+            out[name] = ", ".join(str(v) for v in value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def write_netcdf(dataset: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write ``dataset`` to ``path`` (netCDF4 via h5netcdf) atomically.
+
+    The data go to a temporary file in the same directory, which then replaces ``path`` in
+    one ``os.replace``: an existing file is never left half-written, and a failed write leaves
+    neither a partial file nor the temporary one behind.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        dataset.to_netcdf(temporary, engine="h5netcdf")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
+    """Read a dataset fully into memory (the file is closed on return)."""
+    return xr.load_dataset(path, engine="h5netcdf")

@@ -2,8 +2,8 @@
 
 ``build_case(name, ...)`` validates every option against its documented range before building
 anything, then returns a ``Case``: model (grid + schemes), initial state, forcing series, time
-step, run length and output interval. Specifications: ``/shared/CASES.md`` in the project
-notes, with the case papers cited in each builder.
+step, run length and output interval. Specifications: ``docs/cases.md``, with the case papers
+cited in each builder.
 """
 
 from __future__ import annotations

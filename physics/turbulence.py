@@ -95,7 +95,7 @@ def surface_diagnostics(surface: SurfaceFluxes) -> dict[str, Array]:
 class ConstantDiffusivity(AbstractParameterization):
     """Constant eddy viscosity ``K_m`` and diffusivity ``K_h`` (m²/s) on every interior
     interface: ∂x/∂t = (1/ρ) ∂/∂z (ρ K ∂x/∂z), for the analytic tests (Ekman spiral, diffusing
-    Gaussian; see CASES.md).
+    Gaussian; see docs/cases.md).
 
     With ``no_slip`` the ground is a wall where the wind vanishes, reached with the same K_m
     over the half-layer below the first level (stress = K_m U1 / z1); otherwise the surface

@@ -1,7 +1,7 @@
 """The case catalogue: validation, structure, the analytic Ekman layer, and published ranges.
 
 The physical checks run each case in its default configuration (float64 in this session) and
-compare with the intercomparison ranges of CASES.md.
+compare with the intercomparison ranges of docs/cases.md.
 """
 
 from __future__ import annotations
@@ -188,6 +188,10 @@ def test_dry_cbl_entrainment_in_published_range():
     assert flux[0] == pytest.approx(0.24)
     assert -0.3 <= ratio <= -0.1, ratio
     assert 1050.0 <= inversion <= 1300.0, inversion
+    # The 4 h snapshot itself is inside the same ranges.
+    final = np.asarray(traj.flux.thl)[-1]
+    assert -0.3 <= final.min() / final[0] <= -0.1, final.min() / final[0]
+    assert 1050.0 <= float(case.model.grid.z_interface[final.argmin()]) <= 1300.0
     # Mixed-layer warming against the zero-order budget dθm/dt = (1 + A) Q / h.
     theta = np.asarray(traj.state.thl)
     warming = theta[-1, 5] - theta[0, 5]

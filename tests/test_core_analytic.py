@@ -1,5 +1,5 @@
 """Analytic solutions: Ekman layer, diffusion of a Gaussian and of a mode, Newtonian relaxation,
-and the convergence order of the semi-implicit step in time and space (CASES.md, "Exact
+and the convergence order of the semi-implicit step in time and space (docs/cases.md, "Exact
 analytic tests").
 
 All runs share one grid family (4 km, ρ = 1, as the analytic solutions assume a Boussinesq
@@ -32,7 +32,7 @@ def index_at(time, dt):
 
 
 def ekman_impulsive(z, t, ug=UG, vg=VG):
-    """Wind after an impulsive start from u = ug, v = vg over a no-slip ground (CASES.md)."""
+    """Wind after an impulsive start from u = ug, v = vg over a no-slip ground (docs/cases.md)."""
     w0 = -(ug + 1j * vg)
     lam = (1 + 1j) / DELTA
     s = (1 + 1j) * np.sqrt(F * t / 2)

@@ -13,7 +13,7 @@ from scm.integration import DEFAULT_BOUNDS, first_violation, rollout
 from scm.state import State
 
 NZ, DT = 16, 60.0
-STEPS, SAVE_EVERY = 40, 10  # √10 checkpointing: 3 chunks of 3 steps plus a remainder of 1
+STEPS, SAVE_EVERY = 40, 10  # 4 saves, each 5 checkpointed chunks of 2 steps
 
 
 @pytest.fixture(scope="module")

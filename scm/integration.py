@@ -68,20 +68,27 @@ def implicit_diffusion(grid: ColumnGrid, state: State, diffusivity: State, dt) -
     Nothing crosses the top. At the surface only u and v couple (to a ground value of zero);
     scalar surface fluxes enter explicitly through ``Tendency.flux``.
     """
-    names = list(state.fields())
-    y = jnp.stack([state.fields()[n] for n in names], axis=-1)  # (z, var)
-    k = jnp.stack([diffusivity.fields()[n] for n in names], axis=-1)  # (interface, var)
-    momentum = jnp.asarray([n in ("u", "v") for n in names])
-    k = k.at[-1].set(0.0).at[0].set(jnp.where(momentum, k[0], 0.0))
-    conductance = (grid.rho_interface / grid.dz_interface)[:, None] * k
-    below = dt * conductance[:-1] / grid.layer_mass[:, None]
-    above = dt * conductance[1:] / grid.layer_mass[:, None]
-    y_below = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
-    y_above = jnp.concatenate([y[1:], y[-1:]])
-    rhs = below * (y_below - y) + above * (y_above - y)
-    delta = tridiagonal_solve(-below, 1.0 + below + above, -above, rhs)
-    new = y + delta
-    return State.from_fields({n: new[:, i] for i, n in enumerate(names)})
+    fields, k = state.fields(), diffusivity.fields()
+    names = list(fields)
+    dz = grid.dz_interface
+    lower, diag, upper, rhs = [], [], [], []
+    for name in names:
+        # Nothing crosses the top; at the surface only momentum couples (to a zero wind).
+        k_name = k[name].at[-1].set(0.0)
+        if name not in ("u", "v"):
+            k_name = k_name.at[0].set(0.0)
+        conductance = grid.rho_interface * k_name / dz
+        below = dt * conductance[:-1] / grid.layer_mass
+        above = dt * conductance[1:] / grid.layer_mass
+        y = fields[name]
+        y_below = jnp.concatenate([jnp.zeros_like(y[:1]), y[:-1]])
+        y_above = jnp.concatenate([y[1:], y[-1:]])
+        lower.append(-below)
+        diag.append(1.0 + below + above)
+        upper.append(-above)
+        rhs.append(below * (y_below - y) + above * (y_above - y))
+    delta = tridiagonal_solve(tuple(lower), tuple(diag), tuple(upper), tuple(rhs))
+    return State.from_fields({n: fields[n] + d for n, d in zip(names, delta, strict=True)})
 
 
 class SemiImplicitEuler(diffrax.AbstractSolver):
@@ -141,15 +148,23 @@ def first_violation(state: State, bounds: dict[str, tuple[float, float]]) -> Int
 
 
 def checkpointed_steps(step, carry, n: int):
-    """Apply ``step`` n times under two-level (√n) checkpointing: memory O(√n) for gradients."""
-    # The inner length divides n, so the step is traced (and compiled) once.
-    inner = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    """Apply ``step`` n times under two-level (√n) checkpointing: memory O(√n) for gradients.
+
+    The inner chunk is a divisor of n near √n, so the step is traced and compiled once; when n
+    has none (a prime, say), √n chunks plus a remainder keep the memory bound instead.
+    """
+    root = math.isqrt(n)
+    inner = max(d for d in range(1, root + 1) if n % d == 0)
+    if 2 * inner < root:
+        inner = root
+    outer, remainder = divmod(n, inner)
 
     def repeat(c, length):
         return jax.lax.scan(lambda c, _: (step(c), None), c, None, length=length)[0]
 
     chunk = jax.checkpoint(lambda c, _: (repeat(c, inner), None))
-    return jax.lax.scan(chunk, carry, None, length=n // inner)[0]
+    carry = jax.lax.scan(chunk, carry, None, length=outer)[0]
+    return repeat(carry, remainder) if remainder else carry
 
 
 def rollout(

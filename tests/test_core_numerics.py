@@ -69,6 +69,22 @@ def test_tridiagonal_custom_vjp_matches_dense_gradient(rng):
     assert np.all(np.asarray(got[0][0]) == 0.0) and np.all(np.asarray(got[2][-1]) == 0.0)
 
 
+def test_tridiagonal_forward_mode_matches_dense(rng):
+    lower, diag, upper, rhs = (jnp.asarray(a) for a in random_system(rng))
+    tangents = tuple(jnp.asarray(rng.normal(size=rhs.shape)) for _ in range(4))
+    _, got = jax.jvp(tridiagonal_solve, (lower, diag, upper, rhs), tangents)
+    _, want = jax.jvp(dense_solve, (lower, diag, upper, rhs), tangents)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_tridiagonal_solves_several_systems_in_one_sweep(rng):
+    first, second = random_system(rng), random_system(rng)
+    both = tridiagonal_solve(*(tuple(jnp.asarray(a) for a in pair)
+                               for pair in zip(first, second, strict=True)))
+    for x, system in zip(both, (first, second), strict=True):
+        np.testing.assert_allclose(x, tridiagonal_solve(*system), rtol=1e-14)
+
+
 def test_tridiagonal_under_vmap(rng):
     lower, diag, upper, rhs = random_system(rng, (5, NZ, BATCH))  # leading axis: vmapped
     batched = jax.jit(jax.vmap(tridiagonal_solve))(lower, diag, upper, rhs)

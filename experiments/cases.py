@@ -23,6 +23,7 @@ from scm.constants import coriolis_parameter
 from scm.errors import ConfigurationError, check_choice, check_positive, check_range
 from scm.forcing import Forcing, ForcingSeries
 from scm.grid import MIN_LEVELS, ColumnGrid
+from scm.integration import check_state
 
 CASE_NAMES: tuple[str, ...] = ("ekman", "neutral_ekman", "gabls1", "dry_cbl", "diurnal")
 TURBULENCE_NAMES: tuple[str, ...] = ("constant", "local", "tke")
@@ -177,6 +178,7 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
     builder = _BUILDERS[name]
     model, state0, forcing, extra = builder(values, int(levels), spec.top, dt, hours,
                                            turbulence)
+    check_state(state0)
     recorded = {"case": name, "levels": int(levels), "top": spec.top, "dt": dt,
                 "hours": hours, "save_every": save_every, "turbulence": turbulence,
                 **values, **extra}

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from scm.errors import check_range
 from scm.forcing import ForcingSeries
-from scm.integration import Trajectory, rollout
+from scm.integration import Trajectory, check_state, rollout
 from scm.io import trajectory_to_dataset
 from scm.model import Model
 from scm.state import State
@@ -182,6 +182,7 @@ def run_case(
     start = time.perf_counter()
     plan = plan_run(case.hours, case.dt, case.save_every)
     states = initial_states(case.state0, case.model.grid.z, n_columns, seed, perturbation)
+    check_state(states)
     dtype = case.state0.u.dtype
     dt = jnp.asarray(case.dt, dtype)
     segment_steps = plan.saves_per_segment * plan.save_every

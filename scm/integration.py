@@ -16,14 +16,16 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from scm.diagnostics import boundary_layer_height
+from scm.errors import ConfigurationError
 from scm.forcing import ForcingSeries
 from scm.grid import ColumnGrid
 from scm.model import Model
 from scm.parameterization import Tendency
-from scm.state import NON_NEGATIVE_TRACERS, State
+from scm.state import NON_NEGATIVE_TRACERS, State, field_metadata
 from scm.tridiagonal import tridiagonal_solve
 
 #: Physical bounds a column must stay within (inclusive); leaving them counts as failure.
@@ -145,6 +147,22 @@ def first_violation(state: State, bounds: dict[str, tuple[float, float]]) -> Int
         low, high = bounds.get(name, (-jnp.inf, jnp.inf))
         bad = bad | ~jnp.isfinite(x) | (x < low) | (x > high)
     return jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
+
+
+def check_state(state: State, bounds: dict[str, tuple[float, float]] = DEFAULT_BOUNDS) -> None:
+    """Raise ``ConfigurationError`` naming the field, level and allowed range if an initial
+    state is non-finite or out of bounds. Eager (NumPy): call it before compiling."""
+    for name, x in state.fields().items():
+        values = np.asarray(x)
+        low, high = bounds.get(name, (-np.inf, np.inf))
+        bad = ~np.isfinite(values) | (values < low) | (values > high)
+        if bad.any():
+            index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), values.shape))
+            units = field_metadata(name)["units"]
+            raise ConfigurationError(
+                f"initial {name} = {float(values[index]):g} {units} at index {index} is "
+                f"outside the allowed range [{low:g}, {high:g}] {units} (or not finite)"
+            )
 
 
 def checkpointed_steps(step, carry, n: int):

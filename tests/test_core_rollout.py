@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scm.errors import ConfigurationError
 from scm.forcing import Forcing, ForcingSeries
-from scm.integration import DEFAULT_BOUNDS, first_violation, rollout
+from scm.integration import DEFAULT_BOUNDS, check_state, first_violation, rollout
 from scm.state import State
 
 NZ, DT = 16, 60.0
@@ -208,3 +209,12 @@ def test_first_violation_reports_lowest_bad_level():
     assert int(first_violation(bad, DEFAULT_BOUNDS)) == 2
     bad = eqx.tree_at(lambda s: s.v, ok, ok.v.at[7].set(jnp.inf))
     assert int(first_violation(bad, {})) == 7  # non-finite is failure whatever the bounds
+
+
+def test_bad_initial_state_is_a_clear_error_before_compiling():
+    good = State(jnp.zeros(8), jnp.zeros(8), jnp.full(8, 300.0), jnp.zeros(8))
+    check_state(good)
+    with pytest.raises(ConfigurationError, match=r"initial thl = nan K at index \(3,\)"):
+        check_state(State(good.u, good.v, good.thl.at[3].set(jnp.nan), good.qt))
+    with pytest.raises(ConfigurationError, match=r"initial u = 500 m s-1 .*\[-150, 150\]"):
+        check_state(State(good.u.at[0].set(500.0), good.v, good.thl, good.qt))

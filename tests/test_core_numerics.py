@@ -53,7 +53,7 @@ def test_tridiagonal_ignores_lower_first_and_upper_last(rng):
     np.testing.assert_array_equal(tridiagonal_solve(lower, diag, upper, rhs), x)
 
 
-def test_tridiagonal_custom_vjp_matches_dense_gradient(rng):
+def test_tridiagonal_gradient_matches_dense_gradient(rng):
     lower, diag, upper, rhs = random_system(rng)
     weights = rng.normal(size=rhs.shape)
 
@@ -91,7 +91,7 @@ def test_tridiagonal_under_vmap(rng):
     want = jax.jit(jax.vmap(dense_solve))(lower, diag, upper, rhs)
     np.testing.assert_allclose(batched, want, rtol=1e-12, atol=1e-13)
 
-    # and the gradient of a vmapped solve (the custom VJP's batching rule)
+    # and the gradient of a vmapped solve (the custom linear solve under vmap)
     def gradient(solve):
         loss = lambda d, r: jnp.sum(jnp.sin(solve(lower[0], d, upper[0], r)))  # noqa: E731
         return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))(diag, rhs)

@@ -24,6 +24,7 @@ from scm.errors import ConfigurationError, check_choice, check_positive, check_r
 from scm.forcing import Forcing, ForcingSeries
 from scm.grid import MIN_LEVELS, ColumnGrid
 from scm.integration import check_state
+from scm.state import as_float
 
 CASE_NAMES: tuple[str, ...] = ("ekman", "neutral_ekman", "gabls1", "dry_cbl", "diurnal")
 TURBULENCE_NAMES: tuple[str, ...] = ("constant", "local", "tke")
@@ -189,10 +190,6 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
 # Helpers
 
 
-def _dtype():
-    return jnp.zeros(()).dtype
-
-
 def _piecewise(heights, values):
     """θ(z) piecewise linear through the nodes, continued with the last slope above them."""
     heights, values = np.asarray(heights, float), np.asarray(values, float)
@@ -219,7 +216,7 @@ def _turbulence(kind: str, surface: AbstractSurfaceLayer | None, dt: float,
 
 
 def _state(model: scm.model.Model, u, v, thl, tke=None) -> scm.state.State:
-    to = lambda a: jnp.asarray(np.broadcast_to(a, model.grid.z.shape), _dtype())  # noqa: E731
+    to = lambda a: as_float(np.broadcast_to(a, model.grid.z.shape))  # noqa: E731
     tracers = model.initial_tracers()
     if tke is not None and "tke" in tracers:
         tracers["tke"] = jnp.maximum(to(tke), tracers["tke"])

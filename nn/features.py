@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
-from scm.state import State
+from scm.state import State, as_float
 
 PROFILE_NAMES: tuple[str, ...] = ("u", "v", "thl_anomaly")
 SCALAR_NAMES: tuple[str, ...] = ("surface_temperature_excess", "ustar")
@@ -87,7 +87,7 @@ class Normalization(eqx.Module):
     @classmethod
     def identity(cls, dtype=None) -> Normalization:
         """Mean 0, scale 1 (for tests and for features already O(1))."""
-        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        dtype = as_float(0.0).dtype if dtype is None else dtype
         p, s = len(PROFILE_NAMES), len(SCALAR_NAMES)
         return cls(jnp.zeros(p, dtype), jnp.ones(p, dtype), jnp.zeros(s, dtype),
                    jnp.ones(s, dtype))

@@ -28,11 +28,7 @@ from jaxtyping import Array, Float
 from physics.surface import SurfaceFluxes
 from scm.grid import ColumnGrid
 from scm.parameterization import Tendency
-from scm.state import State
-
-
-def _array(values) -> Array:
-    return jnp.asarray(values, jnp.zeros(()).dtype)
+from scm.state import State, as_float
 
 
 def softplus(x):
@@ -85,7 +81,7 @@ class FluxHead(AbstractHead):
     on_interfaces = True
 
     def __init__(self, thl_scale=0.1, momentum_scale=0.1):
-        self.scale = _array([thl_scale, momentum_scale, momentum_scale])
+        self.scale = as_float([thl_scale, momentum_scale, momentum_scale])
 
     def __call__(self, outputs, state, grid, surface):
         scale = jax.lax.stop_gradient(self.scale)
@@ -107,7 +103,7 @@ class DiffusivityHead(AbstractHead):
     on_interfaces = True
 
     def __init__(self, scale=10.0):
-        self.scale = _array(scale)
+        self.scale = as_float(scale)
 
     def __call__(self, outputs, state, grid, surface):
         scale = jax.lax.stop_gradient(self.scale)
@@ -128,7 +124,7 @@ class TendencyHead(AbstractHead):
     on_interfaces = False
 
     def __init__(self, thl_scale=1.0e-4, momentum_scale=1.0e-4):
-        self.scale = _array([thl_scale, momentum_scale, momentum_scale])
+        self.scale = as_float([thl_scale, momentum_scale, momentum_scale])
 
     def __call__(self, outputs, state, grid, surface):
         scale = jax.lax.stop_gradient(self.scale)

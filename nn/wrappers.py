@@ -11,14 +11,13 @@ Both wrap (never subclass), as ``AbstractParameterization`` asks.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from scm.errors import check_range
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.parameterization import AbstractParameterization, Tendency
-from scm.state import State
+from scm.state import State, as_float
 
 
 class Residual(AbstractParameterization):
@@ -64,7 +63,7 @@ class Blend(AbstractParameterization):
         if not isinstance(weight, jax.core.Tracer):
             check_range("weight", weight, 0.0, 1.0)
         self.physics, self.network = physics, network
-        self.weight = jnp.asarray(weight, jnp.zeros(()).dtype)
+        self.weight = as_float(weight)
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
         a = self.physics(state, forcing, grid)

@@ -22,7 +22,7 @@ from scm.constants import GRAVITY, KAPPA, REFERENCE_PRESSURE, VON_KARMAN
 from scm.errors import check_choice, check_positive, check_range
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
-from scm.state import State
+from scm.state import State, as_float
 
 #: Wind speeds below this (m/s) are raised to it: a calm surface layer still exchanges heat.
 MIN_WIND_SPEED = 0.1
@@ -130,13 +130,12 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
         check_range("n_iterations", n_iterations, 1, 64)
         check_positive("zeta_min", zeta_min)
         check_positive("zeta_max", zeta_max)
-        dtype = jnp.zeros(()).dtype
-        self.roughness_length_momentum = jnp.asarray(z0m, dtype)
-        self.roughness_length_heat = jnp.asarray(z0h, dtype)
-        self.beta_m = jnp.asarray(beta_m, dtype)
-        self.beta_h = jnp.asarray(beta_h, dtype)
-        self.gamma_m = jnp.asarray(gamma_m, dtype)
-        self.gamma_h = jnp.asarray(gamma_h, dtype)
+        self.roughness_length_momentum = as_float(z0m)
+        self.roughness_length_heat = as_float(z0h)
+        self.beta_m = as_float(beta_m)
+        self.beta_h = as_float(beta_h)
+        self.gamma_m = as_float(gamma_m)
+        self.gamma_h = as_float(gamma_h)
         self.heat_boundary = heat_boundary
         self.n_iterations = int(n_iterations)
         self.zeta_min = float(zeta_min)
@@ -274,10 +273,9 @@ class BulkSurface(AbstractSurfaceLayer):
             check_range(name, value, 0.0, 0.1)
         check_range("reference_height", reference_height, 0.1, 1000.0, "m")
         check_range("roughness_length", roughness_length, 1.0e-7, 10.0, "m")
-        dtype = jnp.zeros(()).dtype
-        self.Cm, self.Ch, self.Cq = (jnp.asarray(c, dtype) for c in (Cm, Ch, Cq))
-        self.reference_height = jnp.asarray(reference_height, dtype)
-        self.roughness_length = jnp.asarray(roughness_length, dtype)
+        self.Cm, self.Ch, self.Cq = (as_float(c) for c in (Cm, Ch, Cq))
+        self.reference_height = as_float(reference_height)
+        self.roughness_length = as_float(roughness_length)
 
     def fluxes(self, state: State, forcing: Forcing, grid: ColumnGrid) -> SurfaceFluxes:
         z1, z0 = grid.z[0], self.roughness_length

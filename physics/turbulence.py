@@ -28,16 +28,12 @@ from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.integration import implicit_diffusion
 from scm.parameterization import AbstractParameterization, Tendency
-from scm.state import State
+from scm.state import State, as_float
 
 #: Floor on the squared shear (s-2) where Richardson numbers divide by it.
 _MIN_SHEAR2 = 1.0e-10
 #: Added under square roots whose argument may vanish, so their gradients stay finite.
 _TINY = 1.0e-12
-
-
-def _array(value) -> Array:
-    return jnp.asarray(value, jnp.zeros(()).dtype)
 
 
 def _interior(x: Float[Array, " n_interface"]) -> Float[Array, " n_interface"]:
@@ -114,7 +110,7 @@ class ConstantDiffusivity(AbstractParameterization):
         check_range("K_h", K_h, 0.0, 1.0e4, "m2 s-1")
         if not no_slip and surface is None:
             raise ConfigurationError("ConstantDiffusivity needs a surface layer unless no_slip")
-        self.K_m, self.K_h = _array(K_m), _array(K_h)
+        self.K_m, self.K_h = as_float(K_m), as_float(K_h)
         self.surface, self.no_slip = surface, bool(no_slip)
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
@@ -180,10 +176,10 @@ class LocalClosure(AbstractParameterization):
             check_positive("time_step", time_step, "s")
         check_range("predictor_weight", predictor_weight, 0.0, 1.0)
         self.surface = surface
-        self.asymptotic_length = _array(asymptotic_length)
-        self.stable_coefficient = _array(stable_coefficient)
-        self.gamma = _array(gamma)
-        self.background_diffusivity = _array(background_diffusivity)
+        self.asymptotic_length = as_float(asymptotic_length)
+        self.stable_coefficient = as_float(stable_coefficient)
+        self.gamma = as_float(gamma)
+        self.background_diffusivity = as_float(background_diffusivity)
         self.time_step = None if time_step is None else float(time_step)
         self.predictor_weight = float(predictor_weight)
 
@@ -298,16 +294,16 @@ class TKEClosure(AbstractParameterization):
         self.surface = surface
         self.time_step = float(time_step)
         self.mass_flux = bool(mass_flux)
-        self.c_m, self.c_eps, self.c_n, self.c_e = (_array(c) for c in (c_m, c_eps, c_n, c_e))
-        self.asymptotic_length = _array(asymptotic_length)
-        self.prandtl_neutral = _array(prandtl_neutral)
-        self.surface_tke_coefficient = _array(surface_tke_coefficient)
-        self.updraft_area = _array(updraft_area)
-        self.updraft_entrainment = _array(updraft_entrainment)
-        self.updraft_excess = _array(updraft_excess)
-        self.updraft_buoyancy_coefficient = _array(updraft_buoyancy_coefficient)
-        self.updraft_drag_coefficient = _array(updraft_drag_coefficient)
-        self.tke_min = _array(tke_min)
+        self.c_m, self.c_eps, self.c_n, self.c_e = (as_float(c) for c in (c_m, c_eps, c_n, c_e))
+        self.asymptotic_length = as_float(asymptotic_length)
+        self.prandtl_neutral = as_float(prandtl_neutral)
+        self.surface_tke_coefficient = as_float(surface_tke_coefficient)
+        self.updraft_area = as_float(updraft_area)
+        self.updraft_entrainment = as_float(updraft_entrainment)
+        self.updraft_excess = as_float(updraft_excess)
+        self.updraft_buoyancy_coefficient = as_float(updraft_buoyancy_coefficient)
+        self.updraft_drag_coefficient = as_float(updraft_drag_coefficient)
+        self.tke_min = as_float(tke_min)
 
     def required_tracers(self) -> tuple[str, ...]:
         return ("tke",)

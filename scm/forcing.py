@@ -9,6 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from scm.errors import ConfigurationError
+from scm.state import as_float
 
 
 class Forcing(eqx.Module):
@@ -42,12 +43,10 @@ class Forcing(eqx.Module):
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigurationError(f"unknown forcing field(s) {unknown}; known: {known}")
-        dtype = jnp.zeros(()).dtype
         fields = {}
         for name, spec in cls.__dataclass_fields__.items():
             profile = "z" in str(spec.type)
-            default = jnp.zeros((n_levels,) if profile else (), dtype)
-            value = jnp.asarray(values.get(name, default), dtype)
+            value = as_float(values.get(name, 0.0))
             if profile:
                 value = jnp.broadcast_to(value, (n_levels,))
             fields[name] = value

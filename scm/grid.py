@@ -15,6 +15,7 @@ from scm.constants import (
     REFERENCE_PRESSURE,
 )
 from scm.errors import ConfigurationError, check_range
+from scm.state import as_float
 
 MIN_LEVELS = 8
 
@@ -62,8 +63,7 @@ class ColumnGrid(eqx.Module):
         def density(exner, theta):
             return pressure(exner) / (DRY_AIR_GAS_CONSTANT * exner * theta)
 
-        dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
-        to = lambda a: jnp.asarray(a, dtype=dtype)  # noqa: E731
+        to = as_float
         return cls(
             z_interface=to(zi),
             rho=to(density(exner_c, theta_c)),

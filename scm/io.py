@@ -35,7 +35,7 @@ import xarray as xr
 
 from scm.grid import ColumnGrid
 from scm.integration import Trajectory
-from scm.state import State, field_metadata
+from scm.state import State, as_float, field_metadata
 
 PACKAGE = "hybrid-scm"
 CONVENTIONS = "CF-1.10"
@@ -248,10 +248,8 @@ def dataset_to_trajectory(dataset: xr.Dataset) -> Trajectory:
 
 def grid_from_dataset(dataset: xr.Dataset) -> ColumnGrid:
     """The ``ColumnGrid`` (heights and reference state) a dataset was written on."""
-    dtype = jnp.zeros(()).dtype
-
     def array(name: str) -> jax.Array:
-        return jnp.asarray(dataset[name].values, dtype)
+        return as_float(dataset[name].values)
 
     return ColumnGrid(
         z_interface=array("z_interface"),

@@ -67,6 +67,11 @@ class State(eqx.Module):
     __rmul__ = __mul__
 
 
+def as_float(value) -> Array:
+    """``value`` as an array of JAX's default float type (float32, or float64 with x64)."""
+    return jnp.asarray(value, dtype=jnp.result_type(float))
+
+
 def field_metadata(name: str) -> dict[str, str]:
     """CF metadata of a prognostic field (tracers without an entry get a plain description)."""
     return FIELD_METADATA.get(name, {"units": "1", "long_name": name})

@@ -24,7 +24,7 @@ from scm.errors import ConfigurationError
 from scm.forcing import ForcingSeries
 from scm.grid import ColumnGrid
 from scm.model import Model
-from scm.parameterization import Tendency
+from scm.parameterization import GROUND_COUPLED_FIELDS, Tendency
 from scm.state import NON_NEGATIVE_TRACERS, State, field_metadata
 from scm.tridiagonal import tridiagonal_solve
 
@@ -77,7 +77,7 @@ def implicit_diffusion(grid: ColumnGrid, state: State, diffusivity: State, dt) -
     for name in names:
         # Nothing crosses the top; at the surface only momentum couples (to a zero wind).
         k_name = k[name].at[-1].set(0.0)
-        if name not in ("u", "v"):
+        if name not in GROUND_COUPLED_FIELDS:
             k_name = k_name.at[0].set(0.0)
         conductance = grid.rho_interface * k_name / dz
         below = dt * conductance[:-1] / grid.layer_mass

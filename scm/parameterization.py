@@ -13,6 +13,10 @@ from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.state import State
 
+#: Fields that the surface interface's diffusivity couples to the ground, where they are zero
+#: (the ground does not move); scalars enter only through ``Tendency.flux[0]``.
+GROUND_COUPLED_FIELDS = frozenset({"u", "v"})
+
 
 class Tendency(eqx.Module):
     """What a parameterization returns for one column.
@@ -58,7 +62,7 @@ class Tendency(eqx.Module):
 
         def flux(name, x, k):
             gradient = grid.gradient_at_interfaces(x)
-            if name in ("u", "v"):
+            if name in GROUND_COUPLED_FIELDS:
                 gradient = gradient.at[..., 0].set(x[..., 0] / grid.z[0])
             return -k * gradient
 

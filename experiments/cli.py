@@ -6,13 +6,19 @@ Usage::
     scm run CASE [--hours H] [--dt S] [--levels N] [--turbulence NAME] [--columns N]
                  [--seed S] [--out FILE.nc] [--plot DIR] [--set NAME=VALUE ...]
                  [--no-progress] [--no-cache]
+    scm truth [--split train|heldout|ood] [--scenarios N] [--days D] [--spinup-days D]
+              [--seed S] [--levels N] [--refinement R] [--fine-dt S] [--coarse-dt S]
+              --out FILE.nc [--no-progress] [--no-cache]
+
+``scm truth`` writes coarse-grained high-resolution truth of sampled ``diurnal`` scenarios
+(``--levels`` is the coarse grid; see ``experiments.truth`` and docs/truth.md).
 
 Every input is validated before anything is compiled: a bad value prints one line naming the
-field and its allowed range to stderr and exits with status 2. A run whose columns fail
-(non-finite or out of physical bounds) still writes its file, warns when and where each
-column failed, and exits 0. Compiled programs are kept on disk (JAX's persistent compilation
-cache, see ``enable_compilation_cache``), so a repeated run of the same configuration skips
-most of its compilation.
+field and its allowed range to stderr and exits with status 2. A run whose columns (or truth
+scenarios) fail (non-finite or out of physical bounds) still writes its file, warns when and
+where each failed, and exits 0. Compiled programs are kept on disk (JAX's persistent
+compilation cache, see ``enable_compilation_cache``), so a repeated run of the same
+configuration skips most of its compilation.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from experiments import cases
+from experiments import cases, scenarios, truth
 from experiments.run import case_dataset, run_case
-from scm.errors import ConfigurationError, check_range
+from scm.errors import ConfigurationError, check_choice, check_range
 from scm.io import write_netcdf
 
 PROGRAM = "scm"
@@ -80,6 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", dest="cache", action="store_false",
                      help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
     run.set_defaults(handler=command_run)
+
+    make = commands.add_parser(
+        "truth", help="generate coarse-grained high-resolution truth of diurnal scenarios",
+        description="Run sampled scenarios of the diurnal case at high resolution with the TKE "
+                    "closure, discard the spin-up, coarse-grain state and turbulent fluxes "
+                    "onto the coarse grid and write them to netCDF (see docs/truth.md).",
+    )
+    make.add_argument("--split", default="train",
+                      help=f"scenario set: {', '.join(scenarios.SPLITS)} (default train)")
+    make.add_argument("--scenarios", type=int, default=16,
+                      help="number of scenarios (default 16)")
+    make.add_argument("--days", type=float, default=15.0,
+                      help="simulated days, spin-up included (default 15)")
+    make.add_argument("--spinup-days", type=float, default=5.0,
+                      help="days discarded at the start (default 5)")
+    make.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    make.add_argument("--levels", type=int, default=32,
+                      help="coarse levels, the grid of the file (default 32)")
+    make.add_argument("--refinement", type=int, default=4,
+                      help="fine levels per coarse level (default 4)")
+    make.add_argument("--fine-dt", type=float, default=30.0,
+                      help="time step of the high-resolution run (s; default 30)")
+    make.add_argument("--coarse-dt", type=float, default=300.0,
+                      help="output interval, the coarse model's time step (s; default 300)")
+    make.add_argument("--out", metavar="FILE.nc", required=True, help="output file")
+    make.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bar")
+    make.add_argument("--no-cache", dest="cache", action="store_false",
+                      help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
+    make.set_defaults(handler=command_truth)
     return parser
 
 
@@ -159,6 +196,52 @@ def command_run(args: argparse.Namespace) -> int:
         plots = plot_trajectory(dataset, args.plot)
     report_failures(dataset)
     print_summary(dataset, out, plots, time.perf_counter() - start)
+    return 0
+
+
+def command_truth(args: argparse.Namespace) -> int:
+    """Validate everything, sample the scenarios, run the truth, write netCDF, summarize."""
+    start = time.perf_counter()
+    check_choice("split", args.split, scenarios.SPLITS)
+    check_range("scenarios", args.scenarios, 1, scenarios.MAX_SCENARIOS)
+    check_range("seed", args.seed, 0, 2**32 - 1)
+    truth.truth_plan(args.levels, args.refinement, args.fine_dt, args.coarse_dt, args.days,
+                     args.spinup_days)
+    out = Path(args.out)
+    check_output_path(out)
+    parameters = scenarios.sample_scenarios(args.split, args.scenarios, args.seed)
+    if args.cache:
+        enable_compilation_cache()  # before anything compiles: JAX decides once per process
+    with warnings.catch_warnings():
+        # failures are listed once, in the summary below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dataset = truth.generate_truth(
+            parameters, coarse_levels=args.levels, refinement=args.refinement,
+            fine_dt=args.fine_dt, coarse_dt=args.coarse_dt, days=args.days,
+            spinup_days=args.spinup_days, progress=args.progress, split=args.split,
+            seed=args.seed)
+    write_netcdf(dataset, out)
+    summary = truth.truth_summary(dataset)
+    failed_at = dataset["failed_at"].values
+    for index in summary["failed"][:MAX_FAILURE_LINES]:
+        print(f"{PROGRAM} truth: warning: scenario {index} failed (non-finite or out of "
+              f"bounds) at t = {failed_at[index]:g} s ({failed_at[index] / cases.DAY:.3g} "
+              "day); it is flagged in failed_at and held at its last valid state",
+              file=sys.stderr)
+    if len(summary["failed"]) > MAX_FAILURE_LINES:
+        print(f"{PROGRAM} truth: warning: ... and {len(summary['failed']) - MAX_FAILURE_LINES} "
+              "more failed scenarios", file=sys.stderr)
+    fine_levels = args.levels * args.refinement
+    print(f"truth ({args.split}, seed {args.seed}): {summary['scenarios']} scenario(s), "
+          f"{fine_levels} -> {args.levels} levels, dt {args.fine_dt:g} s, output every "
+          f"{args.coarse_dt:g} s")
+    print(f"  {'time span':<18}day {summary['start_s'] / cases.DAY:g} to "
+          f"{summary['end_s'] / cases.DAY:g} ({summary['saves']} times; "
+          f"{args.spinup_days:g} day spin-up discarded)")
+    print(f"  {'failed scenarios':<18}{len(summary['failed'])} of {summary['scenarios']}"
+          + (f" ({', '.join(map(str, summary['failed']))})" if summary["failed"] else ""))
+    print(f"  {'output':<18}{out}")
+    print(f"  {'wall time':<18}{time.perf_counter() - start:.1f} s (compilation included)")
     return 0
 
 

@@ -1,9 +1,12 @@
-"""Run a case: many perturbed columns at once, compiled once, with a progress bar.
+"""Run many columns at once, compiled once, with a progress bar.
 
-``run_case`` integrates ``n_columns`` copies of a case's column under ``jax.vmap``. Column 0
-is always the unperturbed control (so a one-column run is the case itself); columns 1, 2, ...
-start from the initial state plus seeded random perturbations of θ and of the wind in the
-lowest levels, which is how an ensemble of the same case is spread.
+``run_ensemble`` integrates columns under ``jax.vmap``, each with its own initial state and
+either one shared model and forcing or one per column (scenarios, stacked along a leading
+axis by ``experiments.scenarios.stack_pytrees``). ``run_case`` uses it for ``n_columns``
+copies of one case: column 0 is always the unperturbed control (so a one-column run is the
+case itself); columns 1, 2, ... start from the initial state plus seeded random perturbations
+of θ and of the wind in the lowest levels, which is how an ensemble of the same case is
+spread.
 
 The run is split into segments of equal length (about 20), each one ``scm.integration.rollout``
 call of the same compiled function (the start time is an array argument, so every segment
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -26,7 +30,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from scm.errors import check_range
+from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
 from scm.integration import Trajectory, check_state, rollout
 from scm.io import trajectory_to_dataset
@@ -110,17 +114,32 @@ def plan_run(hours: float, dt: float, save_every: int, segments: int = SEGMENTS)
 
     The run length is rounded to the nearest whole number of output intervals, at least one,
     as ``experiments.cases.Case.n_steps`` does (an interval longer than the whole run is
-    first shortened to the run). All segments have the same length, so they share one
-    compilation; the last may reach past the end, and what it computes there is dropped.
+    first shortened to the run); then as ``plan_steps``.
     """
     check_range("hours", hours, 1.0e-9, math.inf, "h")
     check_range("dt", dt, 1.0e-9, math.inf, "s")
     check_range("save_every", save_every, 1, math.inf, "steps")
     save_every = min(int(save_every), max(1, round(hours * 3600.0 / dt)))
     n_saves = max(1, round(hours * 3600.0 / (dt * save_every)))
+    return plan_steps(n_saves * save_every, save_every, segments)
+
+
+def plan_steps(n_steps: int, save_every: int, segments: int = SEGMENTS) -> RunPlan:
+    """Segments for a run of exactly ``n_steps`` steps saving every ``save_every`` steps.
+
+    ``n_steps`` must be a whole number of output intervals. All segments have the same
+    length (about ``segments`` of them), so they share one compilation; the last may reach
+    past the end, and what it computes there is dropped.
+    """
+    check_range("save_every", save_every, 1, math.inf, "steps")
+    check_range("n_steps", n_steps, save_every, math.inf, "steps")
+    if n_steps % save_every:
+        raise ConfigurationError(
+            f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
+    n_saves = int(n_steps) // int(save_every)
     saves_per_segment = -(-n_saves // max(1, segments))
     n_segments = -(-n_saves // saves_per_segment)
-    return RunPlan(n_saves * save_every, save_every, n_saves, saves_per_segment, n_segments)
+    return RunPlan(int(n_steps), int(save_every), n_saves, saves_per_segment, n_segments)
 
 
 def initial_states(
@@ -142,26 +161,137 @@ def _perturbed_states(state0: State, z, key, n_columns: int, perturbation: Pertu
 
 
 @eqx.filter_jit
-def _segment(model: Model, forcing: ForcingSeries, states: State, failed_at, failed_level,
-             t0, dt, n_steps: int, save_every: int):
+def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, failed_level,
+             t0, dt, n_steps: int, save_every: int, model_axis: int | None,
+             forcing_axis: int | None, output: Callable | None):
     """One segment of every column; returns its trajectory, the last states and the failure
     records so far (time and level of each column's first failure in any segment).
 
-    A column that failed in an earlier segment stays held at its last valid state, exactly as
-    in one long rollout. A single column skips ``vmap`` (same result; it compiles faster).
+    ``model_axis`` / ``forcing_axis`` are the ``vmap`` axes of models and forcings (0: one per
+    column, ``None``: shared). A column that failed in an earlier segment stays held at its
+    last valid state, exactly as in one long rollout. ``output`` (if any) maps every saved
+    ``(model, state, flux, diagnostics)`` of one column to what is kept; the last states stay
+    untransformed, since the next segment starts from them. A single column skips ``vmap``
+    (same result; it compiles faster).
     """
 
-    def one_column(state, column_failed_at, column_failed_level):
-        return rollout(model, state, forcing, t0, dt, n_steps, save_every,
-                       failed_at=column_failed_at, failed_level=column_failed_level)
+    def one_column(model, forcing, state, column_failed_at, column_failed_level):
+        piece = rollout(model, state, forcing, t0, dt, n_steps, save_every,
+                        failed_at=column_failed_at, failed_level=column_failed_level)
+        last = jax.tree.map(lambda a: a[-1], piece.state)
+        if output is not None:
+            kept = jax.vmap(lambda s, f, d: output(model, s, f, d))(
+                piece.state, piece.flux, piece.diagnostics)
+            piece = Trajectory(piece.time, *kept, piece.failed_at, piece.failed_level)
+        return piece, last
 
+    columns = (states, failed_at, failed_level)
     if states.u.shape[0] == 1:
-        squeeze = jax.tree.map(lambda a: a[0], (states, failed_at, failed_level))
-        piece = jax.tree.map(lambda a: a[None], one_column(*squeeze))
+        first = lambda tree, axis: tree if axis is None else jax.tree.map(  # noqa: E731
+            lambda a: a[0], tree)
+        result = one_column(first(models, model_axis), first(forcings, forcing_axis),
+                            *first(columns, 0))
+        piece, last = jax.tree.map(lambda a: a[None], result)
     else:
-        piece = jax.vmap(one_column)(states, failed_at, failed_level)
-    last = jax.tree.map(lambda a: a[:, -1], piece.state)
+        piece, last = jax.vmap(one_column, in_axes=(model_axis, forcing_axis, 0, 0, 0))(
+            models, forcings, *columns)
     return piece, last, piece.failed_at, piece.failed_level
+
+
+def ensemble_axis(name: str, leading, n_columns: int) -> int | None:
+    """The ``vmap`` axis of models or forcings: 0 when ``leading`` (a leaf that is 1-D for a
+    single column: the grid's ``z_interface``, the forcing's ``times``) has a column axis of
+    length ``n_columns``, ``None`` when it is shared by all columns."""
+    shape = np.shape(leading)
+    if len(shape) == 1:
+        return None
+    if len(shape) == 2 and shape[0] == n_columns:
+        return 0
+    raise ConfigurationError(
+        f"{name} must be shared (unstacked) or stacked with one entry per column: got a "
+        f"leading axis of {shape[0] if len(shape) > 1 else 'none'} for {n_columns} column(s)")
+
+
+def run_ensemble(
+    models: Model,
+    forcings: ForcingSeries,
+    states: State,
+    dt: float,
+    t0: float,
+    n_steps: int,
+    save_every: int,
+    *,
+    progress: bool = True,
+    desc: str = "run",
+    failed_at=None,
+    failed_level=None,
+    output: Callable | None = None,
+    segments: int = SEGMENTS,
+) -> Trajectory:
+    """Integrate many columns at once from ``t0`` (s) for ``n_steps`` steps of ``dt`` (s),
+    saving at ``t0`` and every ``save_every`` steps (``n_steps`` a multiple of it).
+
+    ``states`` has a leading column axis. ``models`` and ``forcings`` are either one model /
+    forcing shared by every column, or one per column stacked along a leading axis
+    (``experiments.scenarios.stack_pytrees``); which one is read from the grid's
+    ``z_interface`` and the forcing's ``times``. The run is cut into equal segments of one
+    compiled function (see ``plan_steps``) so that a tqdm bar (stderr, ``desc``, after a couple
+    of seconds) can advance. To continue an earlier run pass its last states, its end time as
+    ``t0`` and its ``failed_at`` / ``failed_level``: failed columns stay held.
+
+    ``output(model, state, flux, diagnostics) -> (state, flux, diagnostics)``, for one column
+    at one saved time, reduces what is kept before it leaves the device (coarse-graining, for
+    example); it must be hashable (a module-level function or an ``eqx.Module``) so that
+    repeated runs reuse the compilation.
+
+    Returns a ``Trajectory`` with a leading column axis; a failure later than the end (in the
+    padding of the last segment) is not reported.
+    """
+    t0, dt = float(t0), float(dt)
+    n_columns = int(states.u.shape[0]) if states.u.ndim == 2 else 0
+    if n_columns < 1:
+        raise ConfigurationError(
+            f"states need a leading column axis (got u of shape {states.u.shape})")
+    model_axis = ensemble_axis("models", models.grid.z_interface, n_columns)
+    forcing_axis = ensemble_axis("forcings", forcings.times, n_columns)
+    plan = plan_steps(n_steps, save_every, segments)
+    check_state(states)
+    dtype = states.u.dtype
+    step = jnp.asarray(dt, dtype)
+    segment_steps = plan.saves_per_segment * plan.save_every
+    if failed_at is None:
+        failed_at = jnp.full((n_columns,), jnp.inf, dtype)
+    if failed_level is None:
+        failed_level = jnp.full((n_columns,), -1, jnp.int32)
+    failed_at = jnp.asarray(failed_at, dtype)
+    failed_level = jnp.asarray(failed_level, jnp.int32)
+
+    pieces = []
+    current = states
+    with tqdm(total=plan.n_steps, desc=desc, unit="step", disable=not progress,
+              delay=PROGRESS_DELAY, leave=False) as bar:
+        for index in range(plan.n_segments):
+            start = jnp.asarray(t0 + index * segment_steps * dt, dtype)
+            piece, current, failed_at, failed_level = _segment(
+                models, forcings, current, failed_at, failed_level, start, step,
+                segment_steps, plan.save_every, model_axis, forcing_axis, output)
+            # to the host as it goes (this also waits, so the bar follows the computation);
+            # a later segment's first save repeats the previous segment's last
+            series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))
+            pieces.append(series if index == 0 else jax.tree.map(lambda a: a[:, 1:], series))
+            bar.update(min(segment_steps, plan.n_steps - index * segment_steps))
+
+    keep = plan.n_saves + 1
+    time_series = jax.tree.map(
+        lambda *parts: jnp.asarray(np.concatenate(parts, axis=1)[:, :keep]), *pieces)
+    failed_at, failed_level = np.asarray(failed_at), np.asarray(failed_level)
+    # failure times are whole steps: half a step past the end is beyond it
+    beyond_end = failed_at > t0 + (plan.n_steps + 0.5) * dt
+    return Trajectory(
+        *time_series,
+        failed_at=jnp.asarray(np.where(beyond_end, np.inf, failed_at).astype(failed_at.dtype)),
+        failed_level=jnp.asarray(np.where(beyond_end, -1, failed_level).astype(np.int32)),
+    )
 
 
 def run_case(
@@ -177,43 +307,14 @@ def run_case(
     random numbers from ``seed`` (``None`` runs identical columns). Saves every
     ``case.save_every`` steps from t = 0 to the end (rounded to a whole number of output
     intervals, see ``plan_run``). With ``progress`` a tqdm bar (stderr) appears when the run
-    takes more than a couple of seconds.
+    takes more than a couple of seconds. All columns share the case's model and forcing
+    (``run_ensemble``).
     """
     start = time.perf_counter()
     plan = plan_run(case.hours, case.dt, case.save_every)
     states = initial_states(case.state0, case.model.grid.z, n_columns, seed, perturbation)
-    check_state(states)
-    dtype = case.state0.u.dtype
-    dt = jnp.asarray(case.dt, dtype)
-    segment_steps = plan.saves_per_segment * plan.save_every
-
-    pieces = []
-    current = states
-    failed_at = jnp.full((n_columns,), jnp.inf, dtype)
-    failed_level = jnp.full((n_columns,), -1, jnp.int32)
-    with tqdm(total=plan.n_steps, desc=case.name, unit="step", disable=not progress,
-              delay=PROGRESS_DELAY, leave=False) as bar:
-        for index in range(plan.n_segments):
-            t0 = jnp.asarray(index * segment_steps * case.dt, dtype)
-            piece, current, failed_at, failed_level = _segment(
-                case.model, case.forcing, current, failed_at, failed_level, t0, dt,
-                segment_steps, plan.save_every)
-            # to the host as it goes (this also waits, so the bar follows the computation);
-            # a later segment's first save repeats the previous segment's last
-            series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))
-            pieces.append(series if index == 0 else jax.tree.map(lambda a: a[:, 1:], series))
-            bar.update(min(segment_steps, plan.n_steps - index * segment_steps))
-
-    keep = plan.n_saves + 1
-    time_series = jax.tree.map(
-        lambda *parts: jnp.asarray(np.concatenate(parts, axis=1)[:, :keep]), *pieces)
-    failed_at, failed_level = np.asarray(failed_at), np.asarray(failed_level)
-    beyond_end = failed_at > plan.n_steps * case.dt * (1.0 + 1.0e-6)
-    trajectory = Trajectory(
-        *time_series,
-        failed_at=jnp.asarray(np.where(beyond_end, np.inf, failed_at).astype(failed_at.dtype)),
-        failed_level=jnp.asarray(np.where(beyond_end, -1, failed_level).astype(np.int32)),
-    )
+    trajectory = run_ensemble(case.model, case.forcing, states, case.dt, 0.0, plan.n_steps,
+                              plan.save_every, progress=progress, desc=case.name)
     return CaseRun(trajectory, states, time.perf_counter() - start, seed, perturbation)
 
 
@@ -259,6 +360,9 @@ __all__ = [
     "case_attributes",
     "case_dataset",
     "initial_states",
+    "ensemble_axis",
     "plan_run",
+    "plan_steps",
     "run_case",
+    "run_ensemble",
 ]

@@ -25,7 +25,7 @@ import datetime
 import importlib.metadata
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -91,6 +91,27 @@ REFERENCE_METADATA: dict[str, dict[str, str]] = {
 }
 
 NEVER_FAILED = "NaN where the column never failed"
+
+#: CF metadata of the time and height coordinates.
+COORDINATE_METADATA: dict[str, dict[str, str]] = {
+    "time": {"units": "s", "long_name": "time since the start of the case", "standard_name":
+             "time", "axis": "T", "comment": "seconds since the initial state (t = 0)"},
+    "z": {"units": "m", "long_name": "height of layer centres above the surface",
+          "standard_name": "height", "positive": "up", "axis": "Z"},
+    "z_interface": {"units": "m", "long_name": "height of layer interfaces above the surface",
+                    "standard_name": "height", "positive": "up"},
+}
+
+#: CF metadata of the failure record (per column).
+FAILURE_METADATA: dict[str, dict[str, str]] = {
+    "failed_at": {"units": "s", "long_name": "time at which the column first failed "
+                  "(non-finite or out of physical bounds); afterwards it is held at its last "
+                  "valid state", "comment": NEVER_FAILED},
+    "failed_height": {"units": "m", "long_name": "height of the lowest offending level at "
+                      "failure", "comment": NEVER_FAILED},
+    "failed_level": {"units": "1", "long_name": "index of the lowest offending level at "
+                     "failure (0 at the surface)", "comment": "-1 where the column never failed"},
+}
 
 
 def package_version() -> str:
@@ -176,30 +197,21 @@ def trajectory_to_dataset(
     z = np.asarray(grid.z)
     failed_height = np.where(failed, z[np.clip(failed_level, 0, n_levels - 1)], np.nan)
     add("failed_at", ("column",), np.where(failed, failed_at, np.nan).astype(failed_at.dtype),
-        {"units": "s", "long_name": "time at which the column first failed (non-finite or out "
-         "of physical bounds); afterwards it is held at its last valid state",
-         "comment": NEVER_FAILED}, "failure", "failed_at")
+        FAILURE_METADATA["failed_at"], "failure", "failed_at")
     add("failed_height", ("column",), failed_height.astype(z.dtype),
-        {"units": "m", "long_name": "height of the lowest offending level at failure",
-         "comment": NEVER_FAILED}, "failure", "failed_level")
+        FAILURE_METADATA["failed_height"], "failure", "failed_level")
     add("failed_level", ("column",), np.where(failed, failed_level, -1).astype(np.int32),
-        {"units": "1", "long_name": "index of the lowest offending level at failure (0 at the "
-         "surface)", "comment": "-1 where the column never failed"}, "failure", "failed_level")
+        FAILURE_METADATA["failed_level"], "failure", "failed_level")
 
     time = np.asarray(trajectory.time)[0]
     coords = {
-        "time": xr.Variable("time", time, {
-            "units": "s", "long_name": "time since the start of the case", "standard_name":
-            "time", "axis": "T", "comment": "seconds since the initial state (t = 0)"}),
+        "time": xr.Variable("time", time, COORDINATE_METADATA["time"]),
         "column": xr.Variable("column", np.arange(failed_at.shape[0], dtype=np.int32), {
             "units": "1", "long_name": "column index (column 0 is the unperturbed control "
             "when perturbed columns are run)"}),
-        "z": xr.Variable("z", z, {
-            "units": "m", "long_name": "height of layer centres above the surface",
-            "standard_name": "height", "positive": "up", "axis": "Z"}),
-        "z_interface": xr.Variable("z_interface", np.asarray(grid.z_interface), {
-            "units": "m", "long_name": "height of layer interfaces above the surface",
-            "standard_name": "height", "positive": "up"}),
+        "z": xr.Variable("z", z, COORDINATE_METADATA["z"]),
+        "z_interface": xr.Variable("z_interface", np.asarray(grid.z_interface),
+                                   COORDINATE_METADATA["z_interface"]),
     }
     for name, metadata in REFERENCE_METADATA.items():
         coords[name] = xr.Variable("z", np.asarray(getattr(grid, name)), metadata)
@@ -207,9 +219,15 @@ def trajectory_to_dataset(
             "z_interface", np.asarray(getattr(grid, f"{name}_interface")),
             {**metadata, "long_name": f"{metadata['long_name']} at interfaces"})
 
+    return xr.Dataset(variables, coords=coords, attrs=global_attributes(attrs))
+
+
+def global_attributes(attrs: Mapping | None = None) -> dict:
+    """Global attributes of a file this package writes: CF conventions, package version and
+    creation time (provenance), then ``attrs`` flattened by ``flatten_attributes``."""
     version = package_version()
     created = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-    global_attrs = {
+    return {
         "Conventions": CONVENTIONS,
         "source": f"{PACKAGE} {version}",
         "hybrid_scm_version": version,
@@ -217,7 +235,6 @@ def trajectory_to_dataset(
         "date_created": created,
         **flatten_attributes(attrs or {}),
     }
-    return xr.Dataset(variables, coords=coords, attrs=global_attrs)
 
 
 def dataset_to_trajectory(dataset: xr.Dataset) -> Trajectory:
@@ -291,10 +308,17 @@ def write_netcdf(dataset: xr.Dataset, path: str | os.PathLike) -> Path:
     one ``os.replace``: an existing file is never left half-written, and a failed write leaves
     neither a partial file nor the temporary one behind.
     """
+    return write_atomic(path, lambda temporary: dataset.to_netcdf(temporary, engine="h5netcdf"))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary)`` on a temporary path in the directory of ``path``, then move
+    the result over ``path`` in one ``os.replace``: an existing file is never left
+    half-written, and a failed write leaves neither a partial file nor the temporary one."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        dataset.to_netcdf(temporary, engine="h5netcdf")
+        write(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

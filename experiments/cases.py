@@ -203,8 +203,9 @@ def _piecewise(heights, values):
     return profile
 
 
-def _turbulence(kind: str, surface: AbstractSurfaceLayer | None, dt: float,
-                eddy_viscosity: float = 5.0):
+def turbulence_scheme(kind: str, surface: AbstractSurfaceLayer | None, dt: float,
+                      eddy_viscosity: float = 5.0):
+    """The closure named ``kind`` (``TURBULENCE_NAMES``) over ``surface`` for time step dt."""
     if kind == "constant":
         return ConstantDiffusivity(eddy_viscosity, eddy_viscosity, no_slip=surface is None,
                                    surface=surface)
@@ -237,7 +238,7 @@ def _ekman(p, levels, top, dt, hours, turbulence):
     grid = ColumnGrid.uniform(top, levels, 1.0e5, lambda z: np.full_like(z, theta))
     surface = None if turbulence == "constant" else MoninObukhovSurface(
         0.1, heat_boundary="flux")
-    model = scm.model.Model(grid, turbulence=_turbulence(turbulence, surface, dt,
+    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt,
                                                          p["eddy_viscosity"]),
                             large_scale=LargeScaleForcing())
     forcing = _constant_forcing(grid, coriolis_parameter=p["coriolis_parameter"],
@@ -252,7 +253,7 @@ def _neutral_ekman(p, levels, top, dt, hours, turbulence):
     theta = p["potential_temperature"]
     grid = ColumnGrid.uniform(top, levels, 1.0e5, lambda z: np.full_like(z, theta))
     surface = MoninObukhovSurface(p["roughness_length"], heat_boundary="flux")
-    model = scm.model.Model(grid, turbulence=_turbulence(turbulence, surface, dt),
+    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
                             large_scale=LargeScaleForcing())
     forcing = _constant_forcing(grid, coriolis_parameter=p["coriolis_parameter"],
                                 geostrophic_u=p["geostrophic_wind"], surface_temperature=theta)
@@ -267,7 +268,7 @@ def _gabls1(p, levels, top, dt, hours, turbulence):
     grid = ColumnGrid.uniform(top, levels, 1.0e5, theta)
     surface = MoninObukhovSurface(p["roughness_length"], p["roughness_length"], beta_m=4.8,
                                   beta_h=7.8, heat_boundary="temperature")
-    model = scm.model.Model(grid, turbulence=_turbulence(turbulence, surface, dt),
+    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
                             large_scale=LargeScaleForcing())
     horizon = hours * 3600.0
 
@@ -290,7 +291,7 @@ def _dry_cbl(p, levels, top, dt, hours, turbulence):
                        [300.0, 300.0, 300.0 + jump, 300.0 + jump + 1000.0 * gamma])
     grid = ColumnGrid.uniform(top, levels, 1.0e5, theta)
     surface = MoninObukhovSurface(p["roughness_length"], heat_boundary="flux")
-    model = scm.model.Model(grid, turbulence=_turbulence(turbulence, surface, dt),
+    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
                             large_scale=LargeScaleForcing())
     forcing = _constant_forcing(grid, coriolis_parameter=1.0e-4,
                                 geostrophic_u=p["geostrophic_wind"],
@@ -330,7 +331,7 @@ def _diurnal(p, levels, top, dt, hours, turbulence):
     theta_ref, rate, cooling = diurnal_profiles(z, p)
     surface = MoninObukhovSurface(p["roughness_length"], p["roughness_length"],
                                   heat_boundary="temperature")
-    model = scm.model.Model(grid, turbulence=_turbulence(turbulence, surface, dt),
+    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
                             large_scale=LargeScaleForcing())
     f = coriolis_parameter(p["latitude"])
     times = np.linspace(0.0, DAY, 49)

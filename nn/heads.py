@@ -32,8 +32,10 @@ from scm.state import State, as_float
 
 
 def softplus(x):
-    """log(1 + eˣ) = max(x, 0) + log1p(e^−|x|): no overflow for large |x|."""
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    """log(1 + eˣ), as logaddexp(x, 0): no overflow for large |x|, and the derivative is
+    the logistic function everywhere (a max(x, 0) + log1p(e^−|x|) form has a zero derivative
+    at x = 0, where a zero-initialized last layer puts every output, so it never learns)."""
+    return jnp.logaddexp(x, 0.0)
 
 
 def softplus_inverse(y):

@@ -165,6 +165,24 @@ def check_state(state: State, bounds: dict[str, tuple[float, float]] = DEFAULT_B
             )
 
 
+def guarded_step(solver: SemiImplicitEuler, term: ColumnTerm, state: State, t, dt,
+                 bounds: dict[str, tuple[float, float]], failed_at, failed_level):
+    """One step from t to t + dt that records the first failure instead of propagating it.
+
+    Returns (state, failed_at, failed_level): a column that becomes non-finite or leaves
+    ``bounds`` keeps its last valid state from then on, and the time and lowest offending
+    level of its first failure are kept (``failed_at`` is ``inf`` while it has not failed).
+    """
+    new, *_ = solver.step(term, t, t + dt, state, None, None, False)
+    level = first_violation(new, bounds)
+    already = jnp.isfinite(failed_at)
+    newly = (level >= 0) & ~already
+    state = jax.tree.map(lambda a, b: jnp.where(already | newly, a, b), state, new)
+    failed_at = jnp.where(newly, t + dt, failed_at)
+    failed_level = jnp.where(newly, level, failed_level)
+    return state, failed_at, failed_level
+
+
 def checkpointed_steps(step, carry, n: int):
     """Apply ``step`` n times under two-level (√n) checkpointing: memory O(√n) for gradients.
 
@@ -213,14 +231,8 @@ def rollout(
 
     def step(carry):
         state, k, failed_at, failed_level = carry
-        t = t0 + k * dt
-        new, *_ = solver.step(term, t, t + dt, state, None, None, False)
-        level = first_violation(new, bounds)
-        already = jnp.isfinite(failed_at)
-        newly = (level >= 0) & ~already
-        state = jax.tree.map(lambda a, b: jnp.where(already | newly, a, b), state, new)
-        failed_at = jnp.where(newly, t + dt, failed_at)
-        failed_level = jnp.where(newly, level, failed_level)
+        state, failed_at, failed_level = guarded_step(
+            solver, term, state, t0 + k * dt, dt, bounds, failed_at, failed_level)
         return state, k + 1, failed_at, failed_level
 
     def save(state, k):

@@ -2,10 +2,11 @@
 
 The sweep is a ``lax.scan`` over levels; several systems (one per prognostic variable) travel
 through the same scan as a tuple, so under ``vmap`` each step of the scan works on contiguous
-``(columns,)`` vectors. The solve is wrapped in ``lax.custom_linear_solve``: its derivative
-with respect to the right-hand side and to the matrix is one more solve (with Aᵀ in reverse
-mode, λ = A⁻ᵀ x̄ and Ā = −λ xᵀ on the three diagonals), not autodiff through the scan, and
-forward mode (``jax.jvp``, ``jax.jacfwd``) works too.
+``(columns,)`` vectors. The solve has a custom JVP: its derivative
+with respect to the right-hand side and to the matrix is one more solve, ẋ = A⁻¹ (ḃ − Ȧ x),
+written as ``lax.custom_linear_solve`` so that reverse mode transposes it into a solve with Aᵀ
+(λ = A⁻ᵀ x̄ and Ā = −λ xᵀ on the three diagonals), not autodiff through the scan; forward mode
+(``jax.jvp``, ``jax.jacfwd``) works too.
 """
 
 from __future__ import annotations
@@ -58,10 +59,29 @@ def tridiagonal_solve(lower, diag, upper, rhs):
         return tridiagonal_solve((lower,), (diag,), (upper,), (rhs,))[0]
     lower = tuple(jnp.asarray(a).at[0].set(0.0) for a in lower)
     upper = tuple(jnp.asarray(c).at[-1].set(0.0) for c in upper)
+    return _solve(lower, tuple(diag), upper, tuple(rhs))
 
-    def matvec(x):
-        return tuple(b * xi + a * _shift_down(xi) + c * _shift_up(xi)
-                     for a, b, c, xi in zip(lower, diag, upper, x, strict=True))
+
+def _matvec(lower, diag, upper, x):
+    return tuple(b * xi + a * _shift_down(xi) + c * _shift_up(xi)
+                 for a, b, c, xi in zip(lower, diag, upper, x, strict=True))
+
+
+@jax.custom_jvp
+def _solve(lower, diag, upper, rhs):
+    return _thomas(lower, diag, upper, rhs)
+
+
+@_solve.defjvp
+def _solve_jvp(primals, tangents):
+    """ẋ = A⁻¹ (ḃ − Ȧ x): one more solve, linear in the tangents, so reverse mode transposes
+    it into a solve with Aᵀ (``lax.custom_linear_solve``) instead of differentiating the
+    sweep. (A ``custom_jvp`` around the linear solve, rather than ``custom_linear_solve``
+    alone, also accepts systems whose tangents are partly zero.)"""
+    lower, diag, upper, rhs = primals
+    x = _thomas(lower, diag, upper, rhs)
+    rhs_dot = tuple(r - ax for r, ax in zip(tangents[3], _matvec(*tangents[:3], x),
+                                           strict=True))
 
     def solve(_, b):
         return _thomas(lower, diag, upper, b)
@@ -70,4 +90,6 @@ def tridiagonal_solve(lower, diag, upper, rhs):
         # Aᵀ has A's upper diagonal below the main one and its lower diagonal above.
         return _thomas(tuple(map(_shift_down, upper)), diag, tuple(map(_shift_up, lower)), b)
 
-    return jax.lax.custom_linear_solve(matvec, tuple(rhs), solve, transpose_solve)
+    x_dot = jax.lax.custom_linear_solve(lambda v: _matvec(lower, diag, upper, v), rhs_dot,
+                                        solve, transpose_solve)
+    return x, x_dot

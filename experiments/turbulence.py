@@ -1,0 +1,456 @@
+"""The canonical experiment: learn the turbulence of a coarse dry column from resolved truth.
+
+``run_experiment(out, ExperimentConfig())`` (command line: ``scm experiment turbulence``):
+
+1. **Truth** (``experiments.truth``): training, held-out and out-of-distribution (OOD)
+   scenarios of the ``diurnal`` case at 4× the coarse vertical resolution with the TKE–mass-flux
+   closure, coarse-grained onto the coarse grid, saved every coarse step. Files are reused when
+   ``DIR/truth_<split>.nc`` already holds the same configuration.
+2. **Baseline**: the coarse model (``coarse_levels`` levels, step ``coarse_dt``) with the
+   first-order ``LocalClosure``.
+3. **Networks**, each trained offline and online (``nn.training``) from the same
+   initialization, data and seed, for each of ``seeds``:
+   - ``replace``: a ``NeuralParameterization`` with a ``DiffusivityHead`` takes the turbulence
+     slot (the Monin–Obukhov surface layer is kept; K ≥ 0, integrated implicitly);
+   - ``residual``: ``Residual(LocalClosure, network)`` with a ``FluxHead`` correction (zero at
+     the top and at the surface, so the column budget is untouched); untrained, it is the
+     baseline exactly.
+4. **Evaluation** on the held-out and OOD scenarios: every model runs ``evaluation_days`` from
+   the truth state at the end of the spin-up, saving hourly. Scores (per scenario, then
+   averaged): 24 h RMSE of θ (K) and of the wind vector, √⟨(u − u_t)² + (v − v_t)²⟩ (m s-1),
+   over all levels and the hourly saves of the first day; whether the column stays finite and
+   in bounds (``scm.integration.DEFAULT_BOUNDS``) for the whole run; the day-30 climate error,
+   the RMSE over levels of the last day's mean θ profile against the truth's.
+
+Outputs in ``DIR``: ``summary.json`` (per model, averaged over seeds, with the spread),
+``summary.md`` (the table), ``artifacts/<model>_seed<k>/`` (loadable with
+``scm run CASE --parameterization PATH``), learning curves (CSV, JSON, PNG) and
+``rmse_24h.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from experiments.cases import DAY, Case, build_case, turbulence_scheme
+from experiments.run import run_ensemble
+from experiments.scenarios import CASE, sample_scenarios, stack_pytrees
+from experiments.truth import generate_truth, load_truth
+from nn.artifact import Artifact, load_artifact, save_artifact
+from nn.features import Normalization
+from nn.heads import DiffusivityHead, FluxHead
+from nn.parameterization import NeuralParameterization, make_network
+from nn.training import TrainingConfig, TrainingData, model_on, train, write_learning_curve
+from nn.wrappers import Residual
+from scm.errors import ConfigurationError, check_range
+from scm.io import write_atomic, write_netcdf
+from scm.model import Model
+from scm.state import State
+
+MODELS = ("baseline", "replace_offline", "replace_online", "residual_offline",
+          "residual_online")
+COUPLINGS = ("replace", "residual")
+#: The physics scheme the residual network corrects and the baseline uses.
+BASELINE_CLOSURE = "local"
+HOUR = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything the experiment depends on (recorded in ``summary.json``)."""
+
+    train_scenarios: int = 16
+    heldout_scenarios: int = 8
+    ood_scenarios: int = 8
+    scenario_seed: int = 0
+    coarse_levels: int = 32
+    refinement: int = 4
+    fine_dt: float = 30.0
+    coarse_dt: float = 300.0
+    spinup_days: float = 5.0
+    train_days: float = 10.0
+    evaluation_days: float = 30.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    network: str = "mlp"
+    width: int = 64
+    depth: int = 2
+    diffusivity_scale: float = 10.0
+    flux_scale: float = 0.1
+    batch_size: int = 32
+    learning_rate: float = 1.0e-3
+    offline_iterations: int = 600
+    curriculum: tuple[tuple[int, int], ...] = ((3, 150), (12, 150), (36, 150), (96, 100))
+
+    def __post_init__(self):
+        for name in ("train_scenarios", "heldout_scenarios", "ood_scenarios"):
+            check_range(name, getattr(self, name), 1, 10_000)
+        check_range("evaluation_days", self.evaluation_days, 1.0, 3650.0, "days")
+        if not self.seeds:
+            raise ConfigurationError("seeds must name at least one seed")
+
+    @classmethod
+    def quick(cls) -> ExperimentConfig:
+        """A small version of everything (about a minute on two CPU cores): for tests and
+        for trying the pipeline, not for conclusions."""
+        return cls(train_scenarios=2, heldout_scenarios=2, ood_scenarios=2, coarse_levels=16,
+                   refinement=2, fine_dt=60.0, coarse_dt=600.0, spinup_days=0.5,
+                   train_days=1.0, evaluation_days=2.0, seeds=(0,), width=16, depth=1,
+                   batch_size=8, offline_iterations=20, curriculum=((2, 10), (6, 10)))
+
+    def training(self, mode: str, seed: int) -> TrainingConfig:
+        curriculum = ((1, self.offline_iterations),) if mode == "offline" else self.curriculum
+        return TrainingConfig(mode=mode, curriculum=curriculum, batch_size=self.batch_size,
+                              learning_rate=self.learning_rate, seed=seed)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["seeds"] = list(self.seeds)
+        out["curriculum"] = [list(c) for c in self.curriculum]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# truth and the coarse model
+
+
+def truth_for(split: str, config: ExperimentConfig, directory: Path,
+              progress: bool) -> xr.Dataset:
+    """The truth of one split, from ``directory/truth_<split>.nc`` if it was made with the
+    same settings, else generated and written there."""
+    n = {"train": config.train_scenarios, "heldout": config.heldout_scenarios,
+         "ood": config.ood_scenarios}[split]
+    days = config.train_days if split == "train" else config.evaluation_days
+    settings = dict(coarse_levels=config.coarse_levels, refinement=config.refinement,
+                    fine_dt=config.fine_dt, coarse_dt=config.coarse_dt,
+                    days=config.spinup_days + days, spinup_days=config.spinup_days)
+    path = directory / f"truth_{split}.nc"
+    signature = json.dumps({"split": split, "n": n, "seed": config.scenario_seed, **settings},
+                           sort_keys=True)
+    if path.exists():
+        dataset = load_truth(path)
+        if dataset.attrs.get("experiment_signature") == signature:
+            return dataset
+    parameters = sample_scenarios(split, n, config.scenario_seed)
+    dataset = generate_truth(parameters, progress=progress, split=split,
+                             seed=config.scenario_seed, **settings)
+    dataset.attrs["experiment_signature"] = signature
+    write_netcdf(dataset, path)
+    return dataset
+
+
+def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
+    """The case parameters of every scenario of a truth dataset."""
+    names = [n.removeprefix("parameter_") for n in dataset.data_vars
+             if n.startswith("parameter_")]
+    return [{n: float(dataset[f"parameter_{n}"].values[i]) for n in names}
+            for i in range(dataset.sizes["scenario"])]
+
+
+def coarse_cases(dataset: xr.Dataset, config: ExperimentConfig) -> list[Case]:
+    """The baseline coarse case of every scenario of a truth dataset."""
+    return [build_case(CASE, levels=config.coarse_levels, dt=config.coarse_dt, hours=24.0,
+                       turbulence=BASELINE_CLOSURE, **p) for p in scenario_parameters(dataset)]
+
+
+def truth_states(dataset: xr.Dataset, template: State) -> State:
+    """Truth states ``(scenario, time, z)`` with the structure of the coarse model's state."""
+    def field(name):
+        return jnp.asarray(dataset[name].values, template.u.dtype)
+
+    u, v, thl = field("u"), field("v"), field("theta")
+    return State(u, v, thl, jnp.zeros_like(u))
+
+
+def truth_fluxes(dataset: xr.Dataset, template: State) -> State:
+    def field(name):
+        return jnp.asarray(dataset[name].values, template.u.dtype)
+
+    u, v, thl = field("uw"), field("vw"), field("heat_flux")
+    return State(u, v, thl, jnp.zeros_like(u))
+
+
+def training_data(dataset: xr.Dataset, cases: list[Case], config: ExperimentConfig):
+    """``nn.training.TrainingData`` from a (training) truth dataset."""
+    template = cases[0].state0
+    return TrainingData(stack_pytrees([c.model.grid for c in cases]),
+                        stack_pytrees([c.forcing for c in cases]),
+                        truth_states(dataset, template), truth_fluxes(dataset, template),
+                        jnp.asarray(dataset["time"].values, template.u.dtype),
+                        config.coarse_dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# the hybrid models
+
+
+def hybrid_model(coupling: str, baseline: Model, normalization: Normalization,
+                 config: ExperimentConfig, seed: int) -> Model:
+    """The untrained ``replace`` or ``residual`` model (last layer zero)."""
+    surface = baseline.turbulence.surface
+    key = jax.random.key(seed)
+    options = dict(width=config.width, depth=config.depth)
+    if coupling == "replace":
+        head = DiffusivityHead(config.diffusivity_scale)
+        network = make_network(config.network, head, config.coarse_levels, key=key, **options)
+        return baseline.with_slot("turbulence", NeuralParameterization(
+            surface, normalization, network, head))
+    head = FluxHead(config.flux_scale, config.flux_scale)
+    network = make_network(config.network, head, config.coarse_levels, key=key, **options)
+    correction = NeuralParameterization(surface, normalization, network, head,
+                                        surface_exchange=False)
+    return baseline.with_slot("turbulence", Residual(baseline.turbulence, correction))
+
+
+def neural_part(model: Model) -> NeuralParameterization:
+    slot = model.turbulence
+    return slot.correction if isinstance(slot, Residual) else slot
+
+
+def install_artifact(case: Case, artifact: Artifact) -> Case:
+    """``case`` with the artifact's network in its slot (replacing the scheme, or correcting
+    the physics scheme the artifact names). The case's own surface layer is used."""
+    config = artifact.config
+    slot = config["slot"]
+    current = getattr(case.model, slot)
+    surface = getattr(current, "surface", None)
+    if surface is None:
+        raise ConfigurationError(
+            f"case {case.name!r} has no surface layer in its {slot!r} slot to give the network")
+    levels = config["network"]["levels"]
+    if config["network"]["kind"] == "mlp" and case.model.grid.n_levels != levels:
+        raise ConfigurationError(
+            f"the artifact's column network was trained on {levels} levels; the case has "
+            f"{case.model.grid.n_levels} (run it with --levels {levels})")
+    scheme = artifact.parameterization(surface)
+    if config["coupling"] == "residual":
+        scheme = Residual(turbulence_scheme(config["physics"], surface, case.dt), scheme)
+    model = case.model.with_slot(slot, scheme)
+    tracers = {n: x for n, x in case.state0.tracers.items() if n in model.required_tracers()}
+    state0 = dataclasses.replace(case.state0, tracers=tracers)
+    return dataclasses.replace(case, model=model, state0=state0)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate(model: Model, cases: list[Case], dataset: xr.Dataset, config: ExperimentConfig,
+             progress: bool = True, desc: str = "evaluation") -> dict:
+    """Scores of ``model`` (any of the experiment's models, on the first case's grid) on the
+    scenarios of a truth dataset; see the module docstring."""
+    steps_per_hour = round(HOUR / config.coarse_dt)
+    n_steps = round(config.evaluation_days * DAY / config.coarse_dt)
+    n_steps -= n_steps % steps_per_hour
+    template = cases[0].state0
+    truth = truth_states(dataset, template)
+    if truth.thl.shape[1] <= n_steps:
+        raise ConfigurationError(
+            f"the evaluation truth covers {truth.thl.shape[1] - 1} steps of {config.coarse_dt:g}"
+            f" s, fewer than the {n_steps} of {config.evaluation_days:g} days")
+    models = stack_pytrees([model_on(model, c.model.grid) for c in cases])
+    forcings = stack_pytrees([c.forcing for c in cases])
+    states0 = jax.tree.map(lambda a: a[:, 0], truth)
+    run = run_ensemble(models, forcings, states0, config.coarse_dt,
+                       float(dataset["time"].values[0]), n_steps, steps_per_hour,
+                       progress=progress, desc=desc)
+    hourly = jax.tree.map(lambda a: np.asarray(a[:, : n_steps + 1 : steps_per_hour]), truth)
+    state = jax.tree.map(np.asarray, run.state)
+    first_day = slice(1, 25)
+    theta_error = state.thl - hourly.thl
+    wind_error2 = (state.u - hourly.u) ** 2 + (state.v - hourly.v) ** 2
+    last_day = slice(-24, None)
+    day_mean = state.thl[:, last_day].mean(axis=1) - hourly.thl[:, last_day].mean(axis=1)
+    return {
+        "rmse_theta_24h": np.sqrt((theta_error[:, first_day] ** 2).mean(axis=(1, 2))),
+        "rmse_u_24h": np.sqrt(((state.u - hourly.u)[:, first_day] ** 2).mean(axis=(1, 2))),
+        "rmse_v_24h": np.sqrt(((state.v - hourly.v)[:, first_day] ** 2).mean(axis=(1, 2))),
+        "rmse_wind_24h": np.sqrt(wind_error2[:, first_day].mean(axis=(1, 2))),
+        "stable": ~np.isfinite(np.asarray(run.failed_at)),
+        "failed_at_days": np.asarray(run.failed_at) / DAY,
+        "final_theta_error": np.sqrt((day_mean**2).mean(axis=1)),
+    }
+
+
+def summarize(scores: dict[str, dict[str, list[dict]]], artifacts: dict[str, str]) -> dict:
+    """Per model: scores averaged over scenarios, then mean and spread (std) over seeds."""
+    summary = {}
+    for model, by_split in scores.items():
+        per_seed = []
+        for heldout, ood in zip(by_split["heldout"], by_split["ood"], strict=True):
+            row = {}
+            for name in ("rmse_theta_24h", "rmse_wind_24h", "rmse_u_24h", "rmse_v_24h"):
+                row[name] = float(np.mean(heldout[name]))
+                row[f"{name}_ood"] = float(np.mean(ood[name]))
+            row["day30_theta_error"] = float(np.mean(heldout["final_theta_error"]))
+            row["day30_theta_error_ood"] = float(np.mean(ood["final_theta_error"]))
+            per_seed.append(row)
+        entry = {}
+        for name in per_seed[0]:
+            values = np.array([row[name] for row in per_seed])
+            entry[name] = float(values.mean())
+            entry[f"{name}_std"] = float(values.std())
+        stable = np.concatenate([np.concatenate([h["stable"], o["stable"]]) for h, o in
+                                 zip(by_split["heldout"], by_split["ood"], strict=True)])
+        entry["stable_30d_fraction"] = float(stable.mean())
+        entry["stable_runs"] = f"{int(stable.sum())}/{stable.size}"
+        entry["seeds"] = len(per_seed)
+        entry["artifact"] = artifacts.get(model)
+        summary[model] = entry
+    return summary
+
+
+def markdown_table(summary: dict, config: ExperimentConfig) -> str:
+    """The summary as a markdown table (mean ± spread over seeds)."""
+    def cell(entry, name, digits=3):
+        value, spread = entry[name], entry.get(f"{name}_std", 0.0)
+        return f"{value:.{digits}f} ± {spread:.{digits}f}" if spread else f"{value:.{digits}f}"
+
+    baseline = summary["baseline"]
+    lines = [
+        f"24 h RMSE against the coarse-grained truth ({config.heldout_scenarios} held-out and "
+        f"{config.ood_scenarios} out-of-distribution scenarios; mean ± std over "
+        f"{len(config.seeds)} seed(s)); stability over {config.evaluation_days:g} days, "
+        "held-out and OOD runs of every seed together; day-N error: RMSE of the last day's "
+        "mean θ profile (held-out).",
+        "",
+        "| model | θ (K) | u (m/s) | v (m/s) | wind (m/s) | θ OOD (K) | wind OOD (m/s) | "
+        "θ change vs baseline | wind change vs baseline | stable runs | "
+        f"day-{config.evaluation_days:g} θ error (K) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in summary.items():
+        change_theta = entry["rmse_theta_24h"] / baseline["rmse_theta_24h"] - 1.0
+        change_wind = entry["rmse_wind_24h"] / baseline["rmse_wind_24h"] - 1.0
+        lines.append(
+            f"| {name} | {cell(entry, 'rmse_theta_24h')} | {cell(entry, 'rmse_u_24h')} | "
+            f"{cell(entry, 'rmse_v_24h')} | {cell(entry, 'rmse_wind_24h')} | "
+            f"{cell(entry, 'rmse_theta_24h_ood')} | {cell(entry, 'rmse_wind_24h_ood')} | "
+            f"{100 * change_theta:+.0f} % | {100 * change_wind:+.0f} % | "
+            f"{entry['stable_runs']} | {cell(entry, 'day30_theta_error')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scores(summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, metric, units in ((axes[0], "rmse_theta_24h", "K"),
+                                (axes[1], "rmse_wind_24h", "m s-1")):
+        x = np.arange(len(names))
+        for offset, suffix, label in ((-0.2, "", "held-out"), (0.2, "_ood", "OOD")):
+            values = [summary[n][metric + suffix] for n in names]
+            spread = [summary[n].get(f"{metric}{suffix}_std", 0.0) for n in names]
+            axis.bar(x + offset, values, 0.4, yerr=spread, label=label, capsize=2)
+        axis.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        axis.set_ylabel(f"24 h RMSE ({units})")
+        axis.set_title(metric.replace("_", " "))
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole experiment
+
+
+def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
+                   progress: bool = True, log=print) -> dict:
+    """Run the canonical experiment into ``out``; returns the summary (also written as
+    ``summary.json``). Truth files and training checkpoints already in ``out`` are reused, so
+    an interrupted experiment continues where it stopped."""
+    config = ExperimentConfig() if config is None else config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    truths, cases = {}, {}
+    for split in ("train", "heldout", "ood"):
+        truths[split] = truth_for(split, config, out, progress)
+        cases[split] = coarse_cases(truths[split], config)
+        log(f"truth {split}: {truths[split].sizes['scenario']} scenarios "
+            f"({time.perf_counter() - start:.0f} s)")
+    data = training_data(truths["train"], cases["train"], config)
+    baseline = cases["train"][0].model
+    normalization = Normalization.fit(data.states, baseline.grid)
+
+    scores: dict[str, dict[str, list[dict]]] = {m: {"heldout": [], "ood": []} for m in MODELS}
+    artifacts: dict[str, str] = {}
+
+    def score(name: str, model: Model) -> None:
+        for split in ("heldout", "ood"):
+            scores[name][split].append(evaluate(model, cases[split], truths[split], config,
+                                                progress, desc=f"{name} {split}"))
+
+    score("baseline", baseline)
+    for seed in config.seeds:
+        for coupling in COUPLINGS:
+            initial = hybrid_model(coupling, baseline, normalization, config, seed)
+            for mode in ("offline", "online"):
+                name = f"{coupling}_{mode}"
+                directory = out / "artifacts" / f"{name}_seed{seed}"
+                result = train(initial, data, config.training(mode, seed),
+                               checkpoint_dir=directory / "checkpoint", progress=progress,
+                               description=f"{name} seed {seed}")
+                write_learning_curve(result.history, directory, "learning_curve")
+                score(name, result.model)
+                losses = [row["loss"] for row in result.history]
+                save_artifact(directory, neural_part(result.model),
+                              n_levels=config.coarse_levels, slot="turbulence",
+                              coupling=coupling,
+                              physics=BASELINE_CLOSURE if coupling == "residual" else None,
+                              metrics={"final_loss": losses[-1], "first_loss": losses[0],
+                                       "iterations": len(losses)},
+                              provenance={"training": config.training(mode, seed).to_dict(),
+                                          "experiment": config.to_dict()})
+                artifacts.setdefault(name, str(directory))
+                log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "
+                    f"({time.perf_counter() - start:.0f} s)")
+
+    summary = summarize(scores, artifacts)
+    record = {"models": summary, "config": config.to_dict(),
+              "wall_time_s": time.perf_counter() - start}
+    write_atomic(out / "summary.json",
+                 lambda path: path.write_text(json.dumps({**summary, **record}, indent=2)))
+    table = markdown_table(summary, config)
+    write_atomic(out / "summary.md", lambda path: path.write_text(table))
+    plot_scores(summary, out / "rmse_24h.png")
+    log(table)
+    log(f"wall time {time.perf_counter() - start:.0f} s; results in {out}")
+    return summary
+
+
+def load_artifact_case(name: str, artifact_path, **options) -> Case:
+    """Build case ``name`` (``experiments.cases.build_case`` options) with an artifact's
+    network in its slot; the case's closure defaults to the baseline's, so no unused TKE is
+    carried, and its levels to the artifact's."""
+    artifact = load_artifact(artifact_path)
+    options.setdefault("turbulence", BASELINE_CLOSURE)
+    if options.get("levels") is None:
+        options["levels"] = artifact.config["network"]["levels"]
+    return install_artifact(build_case(name, **options), artifact)
+
+
+__all__ = [
+    "ExperimentConfig",
+    "MODELS",
+    "evaluate",
+    "hybrid_model",
+    "install_artifact",
+    "load_artifact_case",
+    "run_experiment",
+    "summarize",
+]
+

@@ -5,10 +5,11 @@ Usage::
     scm cases [CASE]          list the cases, their parameters and allowed ranges
     scm run CASE [--hours H] [--dt S] [--levels N] [--turbulence NAME] [--columns N]
                  [--seed S] [--out FILE.nc] [--plot DIR] [--set NAME=VALUE ...]
-                 [--no-progress] [--no-cache]
+                 [--parameterization PATH] [--no-progress] [--no-cache]
     scm truth [--split train|heldout|ood] [--scenarios N] [--days D] [--spinup-days D]
               [--seed S] [--levels N] [--refinement R] [--fine-dt S] [--coarse-dt S]
               --out FILE.nc [--no-progress] [--no-cache]
+    scm experiment turbulence [--quick] [--seeds N] --out DIR [--no-progress] [--no-cache]
 
 ``scm truth`` writes coarse-grained high-resolution truth of sampled ``diurnal`` scenarios
 (``--levels`` is the coarse grid; see ``experiments.truth`` and docs/truth.md).
@@ -24,6 +25,7 @@ configuration skips most of its compilation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="DIR", help="also write quick-look PNGs into DIR")
     run.add_argument("--set", metavar="NAME=VALUE", dest="assignments", nargs="+",
                      action="extend", default=[], help="case parameter (see 'scm cases CASE')")
+    run.add_argument("--parameterization", metavar="PATH",
+                     help="trained artifact directory whose network takes its slot (the "
+                          "closure defaults to the one it was trained with, the levels to its)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar")
     run.add_argument("--no-cache", dest="cache", action="store_false",
@@ -117,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--no-cache", dest="cache", action="store_false",
                       help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
     make.set_defaults(handler=command_truth)
+
+    experiment = commands.add_parser(
+        "experiment", help="run a canonical experiment (truth, training, evaluation)",
+        description="Run a canonical experiment end to end: 'turbulence' generates truth, "
+                    "trains the network that replaces the coarse turbulence scheme and the one "
+                    "that corrects the local closure, offline and online, for every seed, and "
+                    "scores them against the physics baseline (see experiments/turbulence.py).")
+    experiment.add_argument("name", metavar="NAME", help="experiment: turbulence")
+    experiment.add_argument("--quick", action="store_true",
+                            help="a small version of everything (about a minute)")
+    experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
+    experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    experiment.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no progress bars")
+    experiment.add_argument("--no-cache", dest="cache", action="store_false",
+                            help="do not use the persistent compilation cache")
+    experiment.set_defaults(handler=command_experiment)
     return parser
 
 
@@ -181,10 +203,16 @@ def command_run(args: argparse.Namespace) -> int:
     if args.plot is not None and Path(args.plot).exists() and not Path(args.plot).is_dir():
         raise ConfigurationError(f"--plot {args.plot} exists and is not a directory")
     parameters = parse_assignments(args.assignments, cases.case_parameters(args.case))
+    options = dict(levels=args.levels, dt=args.dt, hours=args.hours,
+                   turbulence=args.turbulence, **parameters)
+    if args.parameterization is not None:
+        from experiments.turbulence import load_artifact_case
+
+        case = load_artifact_case(args.case, args.parameterization, **options)
+    else:
+        case = cases.build_case(args.case, **options)
     if args.cache:
         enable_compilation_cache()  # before anything compiles: JAX decides once per process
-    case = cases.build_case(args.case, levels=args.levels, dt=args.dt, hours=args.hours,
-                            turbulence=args.turbulence, **parameters)
 
     result = run_case(case, n_columns=args.columns, seed=args.seed, progress=args.progress)
     dataset = case_dataset(case, result)
@@ -196,6 +224,24 @@ def command_run(args: argparse.Namespace) -> int:
         plots = plot_trajectory(dataset, args.plot)
     report_failures(dataset)
     print_summary(dataset, out, plots, time.perf_counter() - start)
+    return 0
+
+
+def command_experiment(args: argparse.Namespace) -> int:
+    """Run a canonical experiment into ``--out``."""
+    from experiments import turbulence
+
+    check_choice("experiment", args.name, ("turbulence",))
+    config = turbulence.ExperimentConfig.quick() if args.quick else turbulence.ExperimentConfig()
+    if args.seeds is not None:
+        check_range("seeds", args.seeds, 1, 100)
+        config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"--out {out} exists and is not a directory")
+    if args.cache:
+        enable_compilation_cache()
+    turbulence.run_experiment(out, config, progress=args.progress)
     return 0
 
 

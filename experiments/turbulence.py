@@ -87,7 +87,8 @@ class ExperimentConfig:
     batch_size: int = 32
     learning_rate: float = 1.0e-3
     offline_iterations: int = 600
-    curriculum: tuple[tuple[int, int], ...] = ((3, 150), (12, 150), (36, 150), (96, 100))
+    curriculum: tuple[tuple[int, int], ...] = ((3, 300), (12, 300), (36, 300), (96, 300),
+                                               (288, 100))
 
     def __post_init__(self):
         for name in ("train_scenarios", "heldout_scenarios", "ood_scenarios"):
@@ -103,7 +104,7 @@ class ExperimentConfig:
         return cls(train_scenarios=2, heldout_scenarios=2, ood_scenarios=2, coarse_levels=16,
                    refinement=2, fine_dt=60.0, coarse_dt=600.0, spinup_days=0.5,
                    train_days=1.0, evaluation_days=2.0, seeds=(0,), width=16, depth=1,
-                   batch_size=8, offline_iterations=20, curriculum=((2, 10), (6, 10)))
+                   batch_size=8, offline_iterations=20, curriculum=((3, 15),))
 
     def training(self, mode: str, seed: int) -> TrainingConfig:
         curriculum = ((1, self.offline_iterations),) if mode == "offline" else self.curriculum

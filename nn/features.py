@@ -2,9 +2,12 @@
 
 A network sees one column as a few O(1) profiles plus a few O(1) surface scalars:
 
-- profiles (``PROFILE_NAMES``): u, v (m s-1) and the θl anomaly θl − ⟨θl⟩ (K), where ⟨θl⟩ is
-  the mass-weighted column mean (the absolute temperature level carries no information about
-  mixing, the stratification does);
+- profiles (``PROFILE_NAMES``): the anomalies u − ⟨u⟩, v − ⟨v⟩ (m s-1) and θl − ⟨θl⟩ (K),
+  where ⟨·⟩ is the mass-weighted column mean. Mixing depends on shear and stratification,
+  not on the column's mean wind or temperature level, so the features are invariant under a
+  uniform shift of either (Galilean invariance): a network trained at moderate winds does not
+  see unseen absolute values at stronger ones. The surface exchange, which does depend on the
+  absolute wind, stays with the physical surface layer;
 - scalars (``SCALAR_NAMES``): the surface excess θs − θl₁ (K, surface temperature from the
   forcing minus the lowest level) and the friction velocity u* (m s-1) of the surface layer.
 
@@ -28,7 +31,7 @@ from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.state import State, as_float
 
-PROFILE_NAMES: tuple[str, ...] = ("u", "v", "thl_anomaly")
+PROFILE_NAMES: tuple[str, ...] = ("u_anomaly", "v_anomaly", "thl_anomaly")
 SCALAR_NAMES: tuple[str, ...] = ("surface_temperature_excess", "ustar")
 
 #: Smallest pooled scale (units of each variable): a constant field does not divide by zero.
@@ -38,15 +41,15 @@ MIN_SCALE = 1.0e-3
 DEFAULT_SCALARS = ((0.0, 2.0), (0.3, 0.2))
 
 
-def thl_anomaly(thl: Float[Array, "*b z"], grid: ColumnGrid) -> Float[Array, "*b z"]:
-    """θl minus its mass-weighted column mean."""
-    mean = grid.column_integral(thl) / jnp.sum(grid.layer_mass)
-    return thl - mean[..., None]
+def column_anomaly(x: Float[Array, "*b z"], grid: ColumnGrid) -> Float[Array, "*b z"]:
+    """``x`` minus its mass-weighted column mean."""
+    mean = grid.column_integral(x) / jnp.sum(grid.layer_mass)
+    return x - mean[..., None]
 
 
 def raw_profiles(state: State, grid: ColumnGrid) -> Float[Array, "*b 3 z"]:
     """Unnormalized profile features ``PROFILE_NAMES``, stacked on axis −2."""
-    return jnp.stack([state.u, state.v, thl_anomaly(state.thl, grid)], axis=-2)
+    return jnp.stack([column_anomaly(x, grid) for x in (state.u, state.v, state.thl)], axis=-2)
 
 
 def raw_scalars(state: State, forcing: Forcing, ustar) -> Float[Array, " 2"]:

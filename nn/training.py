@@ -20,10 +20,11 @@ the coarse model K steps with the scheme in its slot and minimize
 
 σ_φ the pooled temporal standard deviation of the truth (the variability the model has to
 follow: RMS over scenarios and levels of the standard deviation in time). The error is
-accumulated inside the checkpointed step loop (``scm.integration.checkpointed_steps``), so
-the gradient's memory grows as √K, not K. A column that goes non-finite or leaves the physical
-bounds during a rollout is held, **masked out of the loss and counted**; an update whose loss
-or gradient is not finite is skipped (``optax.apply_if_finite``). K follows a curriculum of
+accumulated inside the checkpointed step loop (``scm.integration.checkpointed_steps``, chunks
+of ∛K steps), so the gradient's memory grows far slower than K. A column that goes
+non-finite or leaves the physical bounds during a rollout is held, **masked out of the loss
+and counted**; an update whose loss or gradient is not finite is skipped
+(``optax.apply_if_finite``). K follows a curriculum of
 (K, iterations) stages (long rollouts only once short ones are learned: Um et al. 2020,
 NeurIPS, "Solver-in-the-loop"; Kochkov et al. 2021, PNAS 118; Frezat et al. 2022, JAMES 14).
 
@@ -133,14 +134,16 @@ def normalized_error(estimate: State, target: State, scales: dict) -> jax.Array:
                for n in LOSS_FIELDS)
 
 
-def rollout_error(model: Model, state0: State, forcing: ForcingSeries, truth: State, t0, dt,
-                  scales: dict, bounds=DEFAULT_BOUNDS):
-    """Mean normalized error of a K-step rollout against ``truth`` (arrays ``(K, z)``, the
-    states after steps 1..K) and the column's failure time (``inf`` if it never failed).
+def rollout_error(model: Model, state0: State, forcing: ForcingSeries, target_at, n_steps: int,
+                  t0, dt, scales: dict, bounds=DEFAULT_BOUNDS):
+    """Mean normalized error of an ``n_steps`` rollout against ``target_at(k)``, the truth
+    after step k + 1 (k = 0 … n_steps − 1), and the column's failure time (``inf`` if none).
 
-    The error is summed inside the √K-checkpointed step loop (memory O(√K) for gradients).
+    The error is summed inside the checkpointed step loop and each target is fetched when its
+    step is taken, so the gradient's memory grows far slower than K. Chunks of ∛K steps:
+    a step's residuals are about 16× its carry here (measured in ``benchmarks/training.py``),
+    so short chunks and many stored carries use the least memory.
     """
-    n_steps = truth.thl.shape[0]
     solver, term = SemiImplicitEuler(), ColumnTerm(model, forcing)
     dtype = state0.thl.dtype
 
@@ -149,26 +152,17 @@ def rollout_error(model: Model, state0: State, forcing: ForcingSeries, truth: St
         state, failed_at, failed_level = guarded_step(
             solver, term, state, t0 + k.astype(dtype) * dt, dt, bounds, failed_at,
             failed_level)
-        target = jax.tree.map(lambda a: a[k], truth)
-        return state, k + 1, failed_at, failed_level, total + normalized_error(state, target,
-                                                                                scales)
+        error = normalized_error(state, target_at(k), scales)
+        return state, k + 1, failed_at, failed_level, total + error
 
     carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype),
               jnp.asarray(-1, jnp.int32), jnp.zeros((), dtype))
-    carry = checkpointed_steps(step, carry0, n_steps)
+    carry = checkpointed_steps(step, carry0, n_steps, chunk=round(n_steps ** (1.0 / 3.0)))
     return carry[4] / n_steps, carry[2]
 
 
 def _take(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
-
-
-def _windows(data: TrainingData, scenario, start, length: int):
-    """Truth states (B, length, z) from ``start`` on, for each drawn (scenario, start)."""
-    def one(s, i):
-        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a[s], i, length, axis=0),
-                            data.states)
-    return jax.vmap(one)(scenario, start)
 
 
 def draw(key, data: TrainingData, batch_size: int, horizon: int):
@@ -183,16 +177,17 @@ def online_loss(params, static, data: TrainingData, scenario, start, n_steps: in
                 scales: dict, bounds=DEFAULT_BOUNDS):
     """(L_on over the columns that stayed valid, number of masked columns)."""
     model = eqx.combine(params, static)
-    window = _windows(data, scenario, start, n_steps + 1)
 
-    def one(s, i, states):
-        state0 = _take(states, 0)
-        truth = jax.tree.map(lambda a: a[1:], states)
-        return rollout_error(model_on(model, _take(data.grid, s)), state0,
-                             _take(data.forcing, s), truth, data.times[i], data.dt, scales,
-                             bounds)
+    def one(s, i):
+        def target_at(k):
+            return jax.tree.map(lambda a: a[s, i + k + 1], data.states)
 
-    errors, failed_at = jax.vmap(one)(scenario, start, window)
+        return rollout_error(model_on(model, _take(data.grid, s)),
+                             jax.tree.map(lambda a: a[s, i], data.states),
+                             _take(data.forcing, s), target_at, n_steps, data.times[i],
+                             data.dt, scales, bounds)
+
+    errors, failed_at = jax.vmap(one)(scenario, start)
     valid = ~jnp.isfinite(failed_at) & jnp.isfinite(errors)
     count = jnp.sum(valid)
     loss = jnp.sum(jnp.where(valid, errors, 0.0)) / jnp.maximum(count, 1)

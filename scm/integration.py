@@ -183,16 +183,21 @@ def guarded_step(solver: SemiImplicitEuler, term: ColumnTerm, state: State, t, d
     return state, failed_at, failed_level
 
 
-def checkpointed_steps(step, carry, n: int):
-    """Apply ``step`` n times under two-level (√n) checkpointing: memory O(√n) for gradients.
+def checkpointed_steps(step, carry, n: int, chunk: int | None = None):
+    """Apply ``step`` n times under two-level checkpointing: the carry is stored at the start
+    of every chunk of about ``chunk`` steps (default √n), and one chunk's residuals are
+    rebuilt at a time in the backward pass. Gradient memory ≈ (n/chunk) carries + chunk
+    steps' residuals, for one extra forward pass; when a step's residuals are much larger
+    than its carry, chunks shorter than √n use less memory (the optimum is √(n · carry /
+    residuals)).
 
-    The inner chunk is a divisor of n near √n, so the step is traced and compiled once; when n
-    has none (a prime, say), √n chunks plus a remainder keep the memory bound instead.
+    The chunk is a divisor of n near the target, so the step is traced and compiled once; when
+    n has none (a prime, say), chunks of the target length plus a remainder are used instead.
     """
-    root = math.isqrt(n)
-    inner = max(d for d in range(1, root + 1) if n % d == 0)
-    if 2 * inner < root:
-        inner = root
+    target = max(1, min(n, math.isqrt(n) if chunk is None else int(chunk)))
+    inner = max(d for d in range(1, target + 1) if n % d == 0)
+    if 2 * inner < target:
+        inner = target
     outer, remainder = divmod(n, inner)
 
     def repeat(c, length):

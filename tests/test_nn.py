@@ -144,6 +144,21 @@ def test_diffusivity_head_never_negative(case, column):
         np.testing.assert_allclose(softplus(softplus_inverse(k)), k, rtol=1e-5)
 
 
+def test_diffusivity_head_learns_from_a_zero_last_layer(case, column):
+    """At a zero output (where a zero-initialized last layer puts every level) the head's
+    derivative must not vanish, or training can never move K."""
+    grid = case.model.grid
+    np.testing.assert_allclose(jax.grad(softplus)(0.0), 0.5)
+    _, _, surface = column
+
+    def mixed(outputs):
+        out = _apply(DiffusivityHead(), outputs, case.state0, grid, surface)
+        return jnp.sum(out.total_flux(case.state0, grid).thl ** 2)
+
+    gradient = jax.grad(mixed)(jnp.zeros((2, LEVELS + 1)))
+    assert np.any(np.abs(np.asarray(gradient)) > 0)
+
+
 def test_vmap_equals_per_column(case, normalization, column):
     grid = case.model.grid
     state, forcing, _ = column

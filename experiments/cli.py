@@ -6,13 +6,17 @@ Usage::
     scm run CASE [--hours H] [--dt S] [--levels N] [--turbulence NAME] [--columns N]
                  [--seed S] [--out FILE.nc] [--plot DIR] [--set NAME=VALUE ...]
                  [--parameterization PATH] [--no-progress] [--no-cache]
-    scm truth [--split train|heldout|ood] [--scenarios N] [--days D] [--spinup-days D]
-              [--seed S] [--levels N] [--refinement R] [--fine-dt S] [--coarse-dt S]
-              --out FILE.nc [--no-progress] [--no-cache]
+    scm truth [--case diurnal|gabls1|dry_cbl] [--split train|heldout|ood] [--scenarios N]
+              [--days D] [--spinup-days D] [--seed S] [--levels N] [--refinement R]
+              [--fine-dt S] [--coarse-dt S] --out FILE.nc [--no-progress] [--no-cache]
     scm experiment turbulence [--quick] [--seeds N] --out DIR [--no-progress] [--no-cache]
+    scm bench stability [--model PATH ...] [--baseline NAME] [--scenarios heldout|ood|all]
+                        [--days N] [--truth DIR] [--scenarios-per-set N] [--out DIR]
 
-``scm truth`` writes coarse-grained high-resolution truth of sampled ``diurnal`` scenarios
-(``--levels`` is the coarse grid; see ``experiments.truth`` and docs/truth.md).
+``scm truth`` writes coarse-grained high-resolution truth of sampled scenarios of one case
+(``diurnal`` by default: 15 days, 5 of them spin-up; ``gabls1`` and ``dry_cbl``: the case's
+own length, no spin-up; ``--levels`` is the coarse grid; see ``experiments.truth`` and
+docs/truth.md).
 
 Every input is validated before anything is compiled: a bad value prints one line naming the
 field and its allowed range to stderr and exits with status 2. A run whose columns (or truth
@@ -87,26 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parameterization", metavar="PATH",
                      help="trained artifact directory whose network takes its slot (the "
                           "closure defaults to the one it was trained with, the levels to its)")
-    run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar")
-    run.add_argument("--no-cache", dest="cache", action="store_false",
-                     help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
+    add_progress_and_cache_options(run)
     run.set_defaults(handler=command_run)
 
     make = commands.add_parser(
-        "truth", help="generate coarse-grained high-resolution truth of diurnal scenarios",
-        description="Run sampled scenarios of the diurnal case at high resolution with the TKE "
-                    "closure, discard the spin-up, coarse-grain state and turbulent fluxes "
-                    "onto the coarse grid and write them to netCDF (see docs/truth.md).",
+        "truth", help="generate coarse-grained high-resolution truth of sampled scenarios",
+        description="Run sampled scenarios of a case (diurnal, gabls1 or dry_cbl) at high "
+                    "resolution with the TKE closure, discard the spin-up, coarse-grain state "
+                    "and turbulent fluxes onto the coarse grid and write them to netCDF (see "
+                    "docs/truth.md).",
     )
+    make.add_argument("--case", default=scenarios.CASE,
+                      help=f"scenario family: {', '.join(scenarios.CASES)} "
+                           f"(default {scenarios.CASE})")
     make.add_argument("--split", default="train",
                       help=f"scenario set: {', '.join(scenarios.SPLITS)} (default train)")
     make.add_argument("--scenarios", type=int, default=16,
                       help="number of scenarios (default 16)")
-    make.add_argument("--days", type=float, default=15.0,
-                      help="simulated days, spin-up included (default 15)")
-    make.add_argument("--spinup-days", type=float, default=5.0,
-                      help="days discarded at the start (default 5)")
+    lengths = truth.DEFAULT_LENGTHS.items()
+    make.add_argument("--days", type=float,
+                      help="simulated days, spin-up included (default: the case's, "
+                           + ", ".join(f"{case} {days:.4g}" for case, (days, _) in lengths)
+                           + ")")
+    make.add_argument("--spinup-days", type=float,
+                      help="days discarded at the start (default: the case's, "
+                           + ", ".join(f"{case} {spin:g}" for case, (_, spin) in lengths)
+                           + ")")
     make.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     make.add_argument("--levels", type=int, default=32,
                       help="coarse levels, the grid of the file (default 32)")
@@ -117,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--coarse-dt", type=float, default=300.0,
                       help="output interval, the coarse model's time step (s; default 300)")
     make.add_argument("--out", metavar="FILE.nc", required=True, help="output file")
-    make.add_argument("--no-progress", dest="progress", action="store_false",
-                      help="no progress bar")
-    make.add_argument("--no-cache", dest="cache", action="store_false",
-                      help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
+    add_progress_and_cache_options(make)
     make.set_defaults(handler=command_truth)
 
     experiment = commands.add_parser(
@@ -134,12 +141,40 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a small version of everything (about a minute)")
     experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
     experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    experiment.add_argument("--no-progress", dest="progress", action="store_false",
-                            help="no progress bars")
-    experiment.add_argument("--no-cache", dest="cache", action="store_false",
-                            help="do not use the persistent compilation cache")
+    add_progress_and_cache_options(experiment)
     experiment.set_defaults(handler=command_experiment)
+
+    bench = commands.add_parser(
+        "bench", help="benchmarks: stability (rollout stability of trained models)",
+        description="Judge trained parameterizations for coupled use: long runs of every model "
+                    "on held-out and out-of-distribution scenarios beside the physics "
+                    "baseline; survival, skill, climate, drift, conservation and Jacobian "
+                    "spectra (see experiments/stability.py).")
+    bench.add_argument("name", metavar="NAME", help="benchmark: stability")
+    bench.add_argument("--model", metavar="PATH", dest="models", action="append", default=[],
+                       help="trained artifact directory (repeat for several)")
+    bench.add_argument("--baseline", default="local",
+                       help="physics closure beside them (default local)")
+    bench.add_argument("--scenarios", default="all", help="heldout, ood or all (default all)")
+    bench.add_argument("--days", type=float, default=30.0, help="days per run (default 30)")
+    bench.add_argument("--truth", metavar="DIR",
+                       help="directory with truth_heldout.nc / truth_ood.nc (default: --out; "
+                            "missing files are generated there)")
+    bench.add_argument("--scenarios-per-set", type=int, default=32,
+                       help="scenarios per set when truth is generated (default 32)")
+    bench.add_argument("--out", metavar="DIR", default="stability",
+                       help="output directory (default ./stability)")
+    add_progress_and_cache_options(bench)
+    bench.set_defaults(handler=command_bench)
     return parser
+
+
+def add_progress_and_cache_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` and ``--no-cache``, shared by every command that computes."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="do not use the persistent compilation cache (see SCM_CACHE_DIR)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,8 +235,8 @@ def command_run(args: argparse.Namespace) -> int:
     check_range("seed", args.seed, 0, 2**32 - 1)
     out = Path(args.out if args.out is not None else f"{args.case}.nc")
     check_output_path(out)
-    if args.plot is not None and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        raise ConfigurationError(f"--plot {args.plot} exists and is not a directory")
+    if args.plot is not None:
+        check_output_directory("--plot", args.plot)
     parameters = parse_assignments(args.assignments, cases.case_parameters(args.case))
     options = dict(levels=args.levels, dt=args.dt, hours=args.hours,
                    turbulence=args.turbulence, **parameters)
@@ -236,26 +271,48 @@ def command_experiment(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         check_range("seeds", args.seeds, 1, 100)
         config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigurationError(f"--out {out} exists and is not a directory")
+    out = check_output_directory("--out", args.out)
     if args.cache:
         enable_compilation_cache()
     turbulence.run_experiment(out, config, progress=args.progress)
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark into ``--out``."""
+    from experiments import stability
+    from nn.artifact import load_artifact
+
+    check_choice("benchmark", args.name, ("stability",))
+    check_choice("scenarios", args.scenarios, (*stability.SPLITS, "all"))
+    check_choice("baseline", args.baseline, cases.TURBULENCE_NAMES)
+    check_range("scenarios-per-set", args.scenarios_per_set, 1, 100_000)
+    config = stability.StabilityConfig(days=args.days)
+    for path in args.models:
+        load_artifact(path)  # every artifact is checked before anything runs
+    out = check_output_directory("--out", args.out)
+    if args.cache:
+        enable_compilation_cache()
+    stability.run_benchmark(args.models, out, baseline=args.baseline, scenarios=args.scenarios,
+                            truth_dir=args.truth, n_scenarios=args.scenarios_per_set,
+                            config=config, progress=args.progress)
+    return 0
+
+
 def command_truth(args: argparse.Namespace) -> int:
     """Validate everything, sample the scenarios, run the truth, write netCDF, summarize."""
     start = time.perf_counter()
+    check_choice("case", args.case, scenarios.CASES)
     check_choice("split", args.split, scenarios.SPLITS)
     check_range("scenarios", args.scenarios, 1, scenarios.MAX_SCENARIOS)
     check_range("seed", args.seed, 0, 2**32 - 1)
-    truth.truth_plan(args.levels, args.refinement, args.fine_dt, args.coarse_dt, args.days,
-                     args.spinup_days)
+    days, spinup_days = truth.truth_length(args.case, args.days, args.spinup_days)
+    truth.truth_plan(args.levels, args.refinement, args.fine_dt, args.coarse_dt, days,
+                     spinup_days)
     out = Path(args.out)
     check_output_path(out)
-    parameters = scenarios.sample_scenarios(args.split, args.scenarios, args.seed)
+    parameters = scenarios.sample_scenarios(args.split, args.scenarios, args.seed,
+                                            case=args.case)
     if args.cache:
         enable_compilation_cache()  # before anything compiles: JAX decides once per process
     with warnings.catch_warnings():
@@ -263,9 +320,9 @@ def command_truth(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         dataset = truth.generate_truth(
             parameters, coarse_levels=args.levels, refinement=args.refinement,
-            fine_dt=args.fine_dt, coarse_dt=args.coarse_dt, days=args.days,
-            spinup_days=args.spinup_days, progress=args.progress, split=args.split,
-            seed=args.seed)
+            fine_dt=args.fine_dt, coarse_dt=args.coarse_dt, days=days,
+            spinup_days=spinup_days, progress=args.progress, split=args.split,
+            seed=args.seed, case=args.case)
     write_netcdf(dataset, out)
     summary = truth.truth_summary(dataset)
     failed_at = dataset["failed_at"].values
@@ -278,12 +335,12 @@ def command_truth(args: argparse.Namespace) -> int:
         print(f"{PROGRAM} truth: warning: ... and {len(summary['failed']) - MAX_FAILURE_LINES} "
               "more failed scenarios", file=sys.stderr)
     fine_levels = args.levels * args.refinement
-    print(f"truth ({args.split}, seed {args.seed}): {summary['scenarios']} scenario(s), "
-          f"{fine_levels} -> {args.levels} levels, dt {args.fine_dt:g} s, output every "
-          f"{args.coarse_dt:g} s")
+    print(f"truth ({args.case}, {args.split}, seed {args.seed}): {summary['scenarios']} "
+          f"scenario(s), {fine_levels} -> {args.levels} levels, dt {args.fine_dt:g} s, output "
+          f"every {args.coarse_dt:g} s")
     print(f"  {'time span':<18}day {summary['start_s'] / cases.DAY:g} to "
           f"{summary['end_s'] / cases.DAY:g} ({summary['saves']} times; "
-          f"{args.spinup_days:g} day spin-up discarded)")
+          f"{spinup_days:g} day spin-up discarded)")
     print(f"  {'failed scenarios':<18}{len(summary['failed'])} of {summary['scenarios']}"
           + (f" ({', '.join(map(str, summary['failed']))})" if summary["failed"] else ""))
     print(f"  {'output':<18}{out}")
@@ -316,6 +373,14 @@ def enable_compilation_cache() -> Path | None:
     if not os.access(path, os.W_OK):
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
+def check_output_directory(option: str, path) -> Path:
+    """``path`` as a ``Path``; ``ConfigurationError`` if it exists and is not a directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"{option} {path} exists and is not a directory")
     return path
 
 

@@ -37,14 +37,14 @@ def label(dataset: xr.Dataset, name: str) -> str:
     return f"{SHORT_LABELS.get(name, name)} ({units})"
 
 
-def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
+def new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
     figure = Figure(figsize=(width * n_panels, height), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, n_panels, squeeze=False)[0]
     return figure, list(axes)
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=DPI)
     return path
 
@@ -61,7 +61,7 @@ def plot_sections(dataset: xr.Dataset, path: Path, column: int = 0) -> Path:
     panels.append(("heat_flux", ds["heat_flux"].values, "z_interface", "RdBu_r"))
     if "tke" in ds:
         panels.append(("tke", ds["tke"].values, "z", "cividis"))
-    figure, axes = _new_figure(len(panels))
+    figure, axes = new_figure(len(panels))
     hours = _hours(dataset)
     for ax, (name, values, height, cmap) in zip(axes, panels, strict=True):
         values = np.asarray(values, dtype=float).T
@@ -77,14 +77,14 @@ def plot_sections(dataset: xr.Dataset, path: Path, column: int = 0) -> Path:
         ax.set_ylabel("height (m)")
         ax.set_title(SHORT_LABELS.get(name, name))
     figure.suptitle(f"{dataset.attrs.get('case', 'run')}: column {column}")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_final_profiles(dataset: xr.Dataset, path: Path) -> Path:
     """Profiles of u, v and θ at the last saved time, every column (column 0 in bold)."""
     final = dataset.isel(time=-1)
     names = ["u", "v", "theta"]
-    figure, axes = _new_figure(len(names), width=3.4, height=4.2)
+    figure, axes = new_figure(len(names), width=3.4, height=4.2)
     z = dataset["z"].values
     for ax, name in zip(axes, names, strict=True):
         for column in range(final.sizes["column"])[::-1]:
@@ -97,7 +97,7 @@ def plot_final_profiles(dataset: xr.Dataset, path: Path) -> Path:
     axes[0].legend(loc="best", fontsize="small")
     hours = float(dataset["time"].values[-1]) / 3600.0
     figure.suptitle(f"{dataset.attrs.get('case', 'run')}: profiles at {hours:g} h")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_time_series(dataset: xr.Dataset, path: Path) -> Path | None:
@@ -105,7 +105,7 @@ def plot_time_series(dataset: xr.Dataset, path: Path) -> Path | None:
     names = [n for n in ("ustar", "surface_heat_flux", "boundary_layer_height") if n in dataset]
     if not names:
         return None
-    figure, axes = _new_figure(len(names), height=3.0)
+    figure, axes = new_figure(len(names), height=3.0)
     hours = _hours(dataset)
     for ax, name in zip(axes, names, strict=True):
         for column in range(dataset.sizes["column"])[::-1]:
@@ -115,7 +115,7 @@ def plot_time_series(dataset: xr.Dataset, path: Path) -> Path | None:
         ax.set_xlabel("time (h)")
         ax.set_ylabel(label(dataset, name))
     figure.suptitle(f"{dataset.attrs.get('case', 'run')}: time series")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_trajectory(dataset: xr.Dataset, outdir: str | os.PathLike) -> list[Path]:

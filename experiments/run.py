@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
-from scm.integration import Trajectory, check_state, rollout
+from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, rollout
 from scm.io import trajectory_to_dataset
 from scm.model import Model
 from scm.state import State
@@ -163,7 +163,7 @@ def _perturbed_states(state0: State, z, key, n_columns: int, perturbation: Pertu
 @eqx.filter_jit
 def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, failed_level,
              t0, dt, n_steps: int, save_every: int, model_axis: int | None,
-             forcing_axis: int | None, output: Callable | None):
+             forcing_axis: int | None, output: Callable | None, bounds: tuple):
     """One segment of every column; returns its trajectory, the last states and the failure
     records so far (time and level of each column's first failure in any segment).
 
@@ -177,6 +177,7 @@ def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, f
 
     def one_column(model, forcing, state, column_failed_at, column_failed_level):
         piece = rollout(model, state, forcing, t0, dt, n_steps, save_every,
+                        bounds={name: (low, high) for name, low, high in bounds},
                         failed_at=column_failed_at, failed_level=column_failed_level)
         last = jax.tree.map(lambda a: a[-1], piece.state)
         if output is not None:
@@ -227,6 +228,7 @@ def run_ensemble(
     failed_level=None,
     output: Callable | None = None,
     segments: int = SEGMENTS,
+    bounds: tuple[tuple[str, float, float], ...] | None = None,
 ) -> Trajectory:
     """Integrate many columns at once from ``t0`` (s) for ``n_steps`` steps of ``dt`` (s),
     saving at ``t0`` and every ``save_every`` steps (``n_steps`` a multiple of it).
@@ -244,6 +246,9 @@ def run_ensemble(
     example); it must be hashable (a module-level function or an ``eqx.Module``) so that
     repeated runs reuse the compilation.
 
+    ``bounds``: the physical bounds as ``(field, low, high)`` triples (default
+    ``scm.integration.DEFAULT_BOUNDS``); leaving them counts as failure.
+
     Returns a ``Trajectory`` with a leading column axis; a failure later than the end (in the
     padding of the last segment) is not reported.
     """
@@ -259,6 +264,8 @@ def run_ensemble(
     dtype = states.u.dtype
     step = jnp.asarray(dt, dtype)
     segment_steps = plan.saves_per_segment * plan.save_every
+    if bounds is None:
+        bounds = tuple((name, low, high) for name, (low, high) in DEFAULT_BOUNDS.items())
     if failed_at is None:
         failed_at = jnp.full((n_columns,), jnp.inf, dtype)
     if failed_level is None:
@@ -274,7 +281,7 @@ def run_ensemble(
             start = jnp.asarray(t0 + index * segment_steps * dt, dtype)
             piece, current, failed_at, failed_level = _segment(
                 models, forcings, current, failed_at, failed_level, start, step,
-                segment_steps, plan.save_every, model_axis, forcing_axis, output)
+                segment_steps, plan.save_every, model_axis, forcing_axis, output, bounds)
             # to the host as it goes (this also waits, so the bar follows the computation);
             # a later segment's first save repeats the previous segment's last
             series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))

@@ -1,31 +1,38 @@
-"""Scenario sets of the ``diurnal`` case, and stacking of scenarios for vectorised runs.
+"""Scenario families of the ``diurnal``, ``gabls1`` and ``dry_cbl`` cases, and stacking of
+scenarios for vectorised runs.
 
-A scenario is a dict of ``diurnal`` case parameters (``build_case("diurnal", **scenario)``).
-Three splits are drawn (ranges in ``TRAINING_RANGES`` and ``OOD_RANGES``, table in
-``docs/truth.md``):
+A scenario is a dict of one case's parameters (``build_case(case, **scenario)``). Each case
+with a family (``CASES``) has training ranges and out-of-distribution bands for the
+parameters it varies (``FAMILIES``; table in ``docs/truth.md``). Three splits are drawn:
 
 - ``train`` and ``heldout``: every varied parameter uniform over its training range, the two
   splits from different seeds derived from the same user seed, so the sets differ;
-- ``ood`` (out of distribution): stronger geostrophic wind, larger diurnal amplitude and
-  latitudes outside the training band (half of the scenarios on each side of it), the other
-  varied parameters over their training ranges.
+- ``ood`` (out of distribution): the parameters listed in the family's ``ood`` bands drawn
+  from those bands, outside their training ranges (``diurnal``: stronger geostrophic wind,
+  larger diurnal amplitude and latitudes outside the training band, half of the scenarios on
+  each side of it; ``gabls1``: stronger surface cooling and geostrophic wind; ``dry_cbl``:
+  larger surface heat flux and an inversion weaker or stronger than in training, half each),
+  the other varied parameters over their training ranges.
 
 Samples are Latin hypercubes (McKay et al. 1979): each parameter's range is cut into ``n``
 equal strata and every stratum holds exactly one scenario, so even small sets cover the
 ranges. Parameters that are not varied keep the case defaults and are written out, so a
-scenario records the whole configuration.
+scenario records the whole configuration. ``TRAINING_RANGES`` and ``OOD_RANGES`` are the
+``diurnal`` family's, the default everywhere a case is not named.
 
 Scenarios run together: ``stack_pytrees`` stacks the models, forcings and initial states of
 several built cases along a new leading axis, for ``jax.vmap`` over all three
-(``experiments.run.run_ensemble``). Each diurnal scenario has its own reference state (the
-hydrostatic density depends on surface temperature and lapse rate); grids are arrays in the
-model pytree, so this costs nothing.
+(``experiments.run.run_ensemble``). Each scenario may have its own reference state (the
+hydrostatic density depends on the initial θ profile: surface temperature and lapse rate of a
+diurnal scenario, inversion and lapse rate of a dry CBL); grids are arrays in the model
+pytree, so this costs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax
@@ -38,9 +45,13 @@ from scm.forcing import ForcingSeries
 from scm.model import Model
 from scm.state import State
 
+#: The default case of every function here (the family the truth was first made for).
 CASE = "diurnal"
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "ood")
+
+Ranges = Mapping[str, tuple[float, float]]
+Bands = Mapping[str, tuple[tuple[float, float], ...]]
 
 #: Training ranges (low, high) of the varied ``diurnal`` parameters, in the case's units:
 #: degrees_north, m s-1, K, K, K km-1. Inside the case's documented ranges.
@@ -60,27 +71,89 @@ OOD_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
     "latitude": ((15.0, 25.0), (65.0, 75.0)),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioFamily:
+    """The varied parameters of one case: ``training`` ranges name → (low, high) and
+    out-of-distribution ``ood`` bands name → ((low, high), ...), in the case's units. Every
+    other parameter keeps its case default."""
+
+    training: Ranges
+    ood: Bands
+
+
+#: Scenario families by case, inside the cases' documented ranges (``case_parameters``).
+#: GABLS1 (Beare et al. 2006; defaults 0.25 K h-1, 8 m s-1, z0 = 0.1 m): stability and shear
+#: of the stable layer vary around the default; OOD is a colder surface under a stronger wind.
+#: Dry CBL (Sullivan & Patton 2011; defaults 0.24 K m s-1, 1 m s-1, 8 K, 3 K km-1): weak to
+#: vigorous convection, with and without shear; OOD is stronger heating under an inversion
+#: weaker or stronger than in training (half each). The bounds keep every layer well below
+#: the case's top, which no turbulent flux may cross: in TKE runs of the corners over the
+#: case's length (64 and 128 levels) the GABLS1 stress-based height stayed below 290 m of
+#: 400 m, and the dry CBL's updraft top below 1250 m (training) and 1750 m (OOD) of 2000 m.
+#: Stronger heating under a weaker inversion than the OOD corner (0.32 K m s-1, 4 K,
+#: 3 K km-1) reaches the top within the 4 h.
+FAMILIES: dict[str, ScenarioFamily] = {
+    "diurnal": ScenarioFamily(TRAINING_RANGES, OOD_RANGES),
+    "gabls1": ScenarioFamily(
+        training={
+            "surface_cooling_rate": (0.1, 0.5),  # K h-1
+            "geostrophic_wind": (5.0, 10.0),  # m s-1
+            "roughness_length": (0.02, 0.2),  # m, momentum and heat
+        },
+        ood={
+            "surface_cooling_rate": ((0.6, 1.0),),
+            "geostrophic_wind": ((11.0, 14.0),),
+        },
+    ),
+    "dry_cbl": ScenarioFamily(
+        training={
+            "surface_heat_flux": (0.05, 0.25),  # K m s-1
+            "geostrophic_wind": (1.0, 10.0),  # m s-1
+            "inversion_jump": (6.0, 10.0),  # K
+            "lapse_rate": (3.0, 6.0),  # K km-1
+        },
+        ood={
+            "surface_heat_flux": ((0.28, 0.32),),
+            "inversion_jump": ((4.0, 5.0), (11.0, 12.0)),
+        },
+    ),
+}
+
+#: Cases that have a scenario family.
+CASES: tuple[str, ...] = tuple(FAMILIES)
+
 #: Largest scenario set ``sample_scenarios`` draws.
 MAX_SCENARIOS = 100_000
 
 
-def split_ranges(split: str) -> dict[str, tuple[tuple[float, float], ...]]:
-    """The bands each varied parameter is drawn from in ``split``: name → ((low, high), ...)."""
+def scenario_family(case: str = CASE) -> ScenarioFamily:
+    """The scenario family of ``case``; ``ConfigurationError`` naming ``CASES`` otherwise."""
+    check_choice("case", case, CASES)
+    return FAMILIES[case]
+
+
+def split_ranges(split: str, case: str = CASE) -> dict[str, tuple[tuple[float, float], ...]]:
+    """The bands each varied parameter of ``case`` is drawn from in ``split``:
+    name → ((low, high), ...)."""
     check_choice("split", split, SPLITS)
-    bands = {name: (limits,) for name, limits in TRAINING_RANGES.items()}
+    family = scenario_family(case)
+    bands = {name: (limits,) for name, limits in family.training.items()}
     if split == "ood":
-        bands.update(OOD_RANGES)
+        bands.update(family.ood)
     return bands
 
 
-def sample_scenarios(split: str, n: int, seed: int = 0) -> list[dict[str, float]]:
-    """``n`` scenarios of ``split`` ("train", "heldout" or "ood"), deterministic in
-    ``(split, n, seed)``: a Latin hypercube over the split's ranges (``split_ranges``).
+def sample_scenarios(split: str, n: int, seed: int = 0, *,
+                     case: str = CASE) -> list[dict[str, float]]:
+    """``n`` scenarios of ``case`` in ``split`` ("train", "heldout" or "ood"), deterministic in
+    ``(case, split, n, seed)``: a Latin hypercube over the split's ranges (``split_ranges``).
 
-    Returns parameter dicts for ``build_case("diurnal", **scenario)`` holding every case
-    parameter (the varied ones drawn, the others at the case defaults).
+    Returns parameter dicts for ``build_case(case, **scenario)`` holding every case parameter
+    (the varied ones drawn, the others at the case defaults).
     """
     check_choice("split", split, SPLITS)
+    bands = split_ranges(split, case)
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
         raise ConfigurationError(f"number of scenarios must be an integer (got {n!r})")
     check_range("number of scenarios", n, 1, MAX_SCENARIOS)
@@ -89,11 +162,13 @@ def sample_scenarios(split: str, n: int, seed: int = 0) -> list[dict[str, float]
     check_range("seed", seed, 0, 2**63 - 1)
     n = int(n)
     # One independent stream per split (spawn key = split index): train and heldout differ.
-    stream = np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(split),))
+    # Families other than the diurnal one append their case index, so they draw from streams
+    # of their own while diurnal sets stay what they always were.
+    family_key = () if case == CASE else (CASES.index(case),)
+    stream = np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(split), *family_key))
     rng = np.random.default_rng(stream)
-    defaults = {name: float(spec[0]) for name, spec in case_parameters(CASE).items()}
-    drawn = {name: _bands(_latin_hypercube(rng, n), bands)
-             for name, bands in split_ranges(split).items()}
+    defaults = {name: float(spec[0]) for name, spec in case_parameters(case).items()}
+    drawn = {name: _bands(_latin_hypercube(rng, n), limits) for name, limits in bands.items()}
     return [{**defaults, **{name: float(values[i]) for name, values in drawn.items()}}
             for i in range(n)]
 
@@ -172,10 +247,15 @@ def stack_cases(cases: Sequence[Case]) -> tuple[Model, ForcingSeries, State]:
 
 
 __all__ = [
+    "CASE",
+    "CASES",
+    "FAMILIES",
     "OOD_RANGES",
     "SPLITS",
     "TRAINING_RANGES",
+    "ScenarioFamily",
     "sample_scenarios",
+    "scenario_family",
     "split_ranges",
     "stack_cases",
     "stack_pytrees",

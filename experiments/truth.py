@@ -1,11 +1,13 @@
-"""Coarse-grained high-resolution truth of the ``diurnal`` case, for training and judging
-turbulence parameterizations of a coarse column model.
+"""Coarse-grained high-resolution truth of the ``diurnal``, ``gabls1`` and ``dry_cbl`` cases,
+for training and judging turbulence parameterizations of a coarse column model.
 
-Truth run: every scenario (``experiments.scenarios``) is built at ``coarse_levels ×
-refinement`` levels with the TKE–mass-flux closure (``TKEClosure``) and time step
+Truth run: every scenario of one case (``experiments.scenarios``) is built at ``coarse_levels
+× refinement`` levels with the TKE–mass-flux closure (``TKEClosure``) and time step
 ``fine_dt``; all scenarios run together (``experiments.run.run_ensemble``) for ``days``, saving
-every ``coarse_dt``; the first ``spinup_days`` are discarded (the dry diurnal column needs
-about a week to become periodic, see ``docs/truth.md``).
+every ``coarse_dt``; the first ``spinup_days`` are discarded. The defaults depend on the case
+(``truth_length``): the dry diurnal column needs about a week to become periodic (15 days,
+the first 5 discarded, see ``docs/truth.md``); GABLS1 and the dry CBL are transients from
+their prescribed initial states, run for the case's own length with nothing discarded.
 
 Coarse-graining (``coarse_grain``), for a fine grid whose interfaces include every
 ``refinement``-th one of the coarse grid (index 0 at the surface; coarse interface K is fine
@@ -30,10 +32,11 @@ v'w', K m s-1 for w'θ'). At the bottom interface it is the surface flux (Monin�
 on the first fine level; surface heat flux), at the top it is zero. The coarse model has no
 resolved vertical velocity (the diurnal case has no subsidence), so no resolved flux w̄ x̄ is
 subtracted: the whole vertical transport is sub-grid and the target is the total turbulent
-flux. Every other process (Coriolis, relaxation aloft, prescribed cooling) is computed by the
-coarse model itself and is not part of the target. The flux the fine model applies over a step
-uses the implicit (end-of-step) gradient, so the saved instantaneous flux differs from the
-step-mean flux by O(Δt_fine).
+flux (the same holds for GABLS1 and the dry CBL, which have no subsidence either). Every other
+process (Coriolis, relaxation aloft, prescribed cooling) is computed by the coarse model itself
+and is not part of the target. The flux the fine model applies over a step uses the implicit
+(end-of-step) gradient, so the saved instantaneous flux differs from the step-mean flux by
+O(Δt_fine).
 
 Files are CF netCDF written atomically (``scm.io.write_netcdf``) with dims ``(scenario, time,
 z)`` and ``(scenario, time, z_interface)``; ``load_truth`` reads and validates them. Layout:
@@ -55,7 +58,7 @@ from jaxtyping import Array, Float
 
 from experiments.cases import DAY, MAX_LEVELS, build_case, case_parameters
 from experiments.run import run_ensemble
-from experiments.scenarios import CASE, OOD_RANGES, TRAINING_RANGES, stack_cases
+from experiments.scenarios import CASE, scenario_family, stack_cases
 from scm.errors import ConfigurationError, check_range
 from scm.grid import MIN_LEVELS, ColumnGrid
 from scm.io import (
@@ -93,11 +96,24 @@ MAX_DAYS = 3650.0
 #: Relative tolerance for "a whole number of steps / output intervals".
 WHOLE_TOLERANCE = 1.0e-9
 
+#: Default (days, spinup_days) of a truth run per case. The periodic diurnal column forgets its
+#: initial state only after about a week; GABLS1 (9 h) and the dry CBL (4 h) are transients
+#: whose initial state is part of the case, so they run for the case's own length and keep it.
+DEFAULT_LENGTHS: dict[str, tuple[float, float]] = {
+    "diurnal": (15.0, 5.0),
+    "gabls1": (9.0 / 24.0, 0.0),
+    "dry_cbl": (4.0 / 24.0, 0.0),
+}
+
 OFFLINE_TARGET = (
     "fluxes are the fine model's total upward turbulent flux (explicit plus -K dx/dz, from "
     "the fine state at the saved time) at the coarse interfaces: surface flux at the bottom, "
     "zero at the top; the coarse model has no resolved vertical velocity"
 )
+
+#: What the time coordinate counts from, where the case says more than "its start".
+TIME_COMMENTS = {"diurnal": "seconds since the start of the case (midnight local time); time "
+                            "of day = time mod 86400 s"}
 
 COARSE_MEAN = ("layer-mass weighted mean of the high-resolution values over the coarse layer "
                "(weights rho dz of the fine grid)")
@@ -190,6 +206,17 @@ class TruthPlan(NamedTuple):
     n_saves: int
 
 
+def truth_length(case: str = CASE, days: float | None = None,
+                 spinup_days: float | None = None) -> tuple[float, float]:
+    """``(days, spinup_days)`` of a truth run of ``case``: the given values, each ``None``
+    replaced by the case's default (``DEFAULT_LENGTHS``). Unknown case → ``ConfigurationError``.
+    """
+    scenario_family(case)  # names the cases that have truth
+    default_days, default_spinup = DEFAULT_LENGTHS[case]
+    return (default_days if days is None else days,
+            default_spinup if spinup_days is None else spinup_days)
+
+
 def truth_plan(coarse_levels: int = 32, refinement: int = 4, fine_dt: float = 30.0,
                coarse_dt: float = 300.0, days: float = 15.0,
                spinup_days: float = 5.0) -> TruthPlan:
@@ -236,31 +263,36 @@ def generate_truth(
     refinement: int = 4,
     fine_dt: float = 30.0,
     coarse_dt: float = 300.0,
-    days: float = 15.0,
-    spinup_days: float = 5.0,
+    days: float | None = None,
+    spinup_days: float | None = None,
     progress: bool = True,
     split: str | None = None,
     seed: int | None = None,
+    case: str = CASE,
 ) -> xr.Dataset:
-    """Run the high-resolution truth of ``parameters_list`` (``diurnal`` scenarios, e.g. from
-    ``experiments.scenarios.sample_scenarios``) and return it coarse-grained (module docstring).
+    """Run the high-resolution truth of ``parameters_list`` (scenarios of ``case``: "diurnal",
+    "gabls1" or "dry_cbl", e.g. from ``experiments.scenarios.sample_scenarios``) and return it
+    coarse-grained (module docstring).
 
     All scenarios run at once, vectorised. Returns a dataset with dims ``(scenario, time, z)``
     and ``(scenario, time, z_interface)`` on the coarse grid (the case at ``coarse_levels``,
     same top), times from ``spinup_days`` to ``days`` every ``coarse_dt`` (s since the case's
-    start, midnight, so the time of day is ``time mod 86400``); layout in ``docs/truth.md``.
-    ``split`` and ``seed`` are only recorded (provenance). A scenario whose fine run fails is
-    flagged in ``failed_at`` and warned about (``RuntimeWarning``); after the failure its
-    values are held at the last valid state.
+    start: for ``diurnal`` midnight, so the time of day is ``time mod 86400``); ``days`` and
+    ``spinup_days`` default to the case's (``truth_length``); layout in ``docs/truth.md``.
+    ``split`` and ``seed`` are only recorded (provenance), ``case`` is recorded too. A
+    scenario whose fine run fails is flagged in ``failed_at`` and warned about
+    (``RuntimeWarning``); after the failure its values are held at the last valid state.
     """
     start = time.perf_counter()
+    family = scenario_family(case)
+    days, spinup_days = truth_length(case, days, spinup_days)
     plan = truth_plan(coarse_levels, refinement, fine_dt, coarse_dt, days, spinup_days)
     parameters_list = [dict(p) for p in parameters_list]
     if not parameters_list:
         raise ConfigurationError("generate_truth needs at least one scenario")
-    fine = [build_case(CASE, levels=plan.fine_levels, dt=float(fine_dt), hours=days * 24.0,
+    fine = [build_case(case, levels=plan.fine_levels, dt=float(fine_dt), hours=days * 24.0,
                        turbulence="tke", **p) for p in parameters_list]
-    coarse_grid = build_case(CASE, levels=int(coarse_levels), **parameters_list[0]).model.grid
+    coarse_grid = build_case(case, levels=int(coarse_levels), **parameters_list[0]).model.grid
     fine_interfaces = np.asarray(fine[0].model.grid.z_interface)[::refinement]
     if not np.allclose(fine_interfaces, np.asarray(coarse_grid.z_interface), rtol=1.0e-6):
         raise ConfigurationError("the coarse grid's interfaces are not fine-grid interfaces")
@@ -309,9 +341,9 @@ def generate_truth(
         ("scenario", "z_interface"), np.asarray(fine_grids.rho_interface[:, ::refinement]),
         {**REFERENCE_METADATA["rho"], "long_name": "reference air density of the "
          "high-resolution grid at the coarse interfaces"})
-    specs = case_parameters(CASE)
+    specs = case_parameters(case)
     for name, (_, _, _, units, text) in specs.items():
-        values = [float(case.parameters[name]) for case in fine]
+        values = [float(built.parameters[name]) for built in fine]
         variables[f"parameter_{name}"] = xr.Variable(
             "scenario", np.asarray(values), {"units": units, "long_name": text})
 
@@ -319,15 +351,16 @@ def generate_truth(
         "scenario": xr.Variable("scenario", np.arange(len(fine), dtype=np.int32),
                                 {"units": "1", "long_name": "scenario index"}),
         "time": xr.Variable("time", times, {
-            **COORDINATE_METADATA["time"], "comment": "seconds since the start of the case "
-            "(midnight local time); time of day = time mod 86400 s; the spin-up is discarded"}),
+            **COORDINATE_METADATA["time"], "comment": TIME_COMMENTS.get(
+                case, "seconds since the start of the case (its initial state)")
+            + "; the spin-up (spinup_days) is discarded"}),
         "z": xr.Variable("z", np.asarray(coarse_grid.z), COORDINATE_METADATA["z"]),
         "z_interface": xr.Variable("z_interface", np.asarray(coarse_grid.z_interface),
                                    COORDINATE_METADATA["z_interface"]),
     }
     attrs = {
-        "title": "hybrid-scm coarse-grained high-resolution truth of the diurnal case",
-        "case": CASE,
+        "title": f"hybrid-scm coarse-grained high-resolution truth of the {case} case",
+        "case": case,
         "turbulence": "tke",
         "split": split,
         "seed": seed,
@@ -342,12 +375,12 @@ def generate_truth(
         "spinup_days": float(spinup_days),
         "precision": str(states.u.dtype),
         "offline_target": OFFLINE_TARGET,
-        "training_range": {name: list(limits) for name, limits in TRAINING_RANGES.items()},
+        "training_range": {name: list(limits) for name, limits in family.training.items()},
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
     if split == "ood":
         attrs["ood_range"] = {name: [x for band in bands for x in band]
-                              for name, bands in OOD_RANGES.items()}
+                              for name, bands in family.ood.items()}
     dataset = xr.Dataset(variables, coords=coords, attrs=global_attributes(attrs))
     for index in np.flatnonzero(failed):
         warnings.warn(
@@ -362,21 +395,28 @@ def generate_truth(
 # Reading
 
 
-def load_truth(path, grid: ColumnGrid | None = None) -> xr.Dataset:
+def load_truth(path, grid: ColumnGrid | None = None, case: str | None = None) -> xr.Dataset:
     """Read a truth file (``scm.io.read_netcdf``) and validate it.
 
     Checks that the required variables (``REQUIRED_VARIABLES``) and coordinates are there with
     the expected dims, that the training variables hold no NaN or inf (the error names the
-    variable, scenario and time), and, with a coarse ``grid``, that the file's
-    ``z_interface`` is the grid's. Failed scenarios (finite ``failed_at``) are kept but warned
-    about. Every error is a ``ConfigurationError``.
+    variable, scenario and time), with a coarse ``grid`` that the file's ``z_interface`` is the
+    grid's, and with a ``case`` that the file holds truth of that case (its ``case``
+    attribute). Failed scenarios (finite ``failed_at``) are kept but warned about. Every error
+    is a ``ConfigurationError``.
     """
+    if case is not None:
+        scenario_family(case)  # an unknown case is an error before the file is opened
     try:
         dataset = read_netcdf(path)
     except FileNotFoundError:
         raise ConfigurationError(f"truth file {path} does not exist") from None
     except (OSError, ValueError) as error:
         raise ConfigurationError(f"truth file {path} cannot be read as netCDF: {error}") from None
+    if case is not None and dataset.attrs.get("case") != case:
+        raise ConfigurationError(
+            f"truth file {path} holds truth of the case {dataset.attrs.get('case')!r}, "
+            f"expected {case!r}")
     expected = {**{name: ("scenario", "time", "z") for name in ("u", "v", "theta")},
                 **{name: ("scenario", "time", "z_interface") for name in ("uw", "vw",
                                                                           "heat_flux")},
@@ -443,6 +483,7 @@ def truth_summary(dataset: xr.Dataset) -> dict:
 
 __all__ = [
     "CoarseGraining",
+    "DEFAULT_LENGTHS",
     "OFFLINE_TARGET",
     "REQUIRED_VARIABLES",
     "TRAINING_VARIABLES",
@@ -453,6 +494,7 @@ __all__ = [
     "coarse_layer_mass",
     "generate_truth",
     "load_truth",
+    "truth_length",
     "truth_plan",
     "truth_summary",
 ]

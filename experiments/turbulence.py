@@ -43,7 +43,7 @@ import xarray as xr
 from experiments.cases import DAY, Case, build_case, turbulence_scheme
 from experiments.run import run_ensemble
 from experiments.scenarios import CASE, sample_scenarios, stack_pytrees
-from experiments.truth import generate_truth, load_truth
+from experiments.truth import check_truth_grid, generate_truth, load_truth
 from nn.artifact import Artifact, load_artifact, save_artifact
 from nn.features import Normalization
 from nn.heads import DiffusivityHead, FluxHead
@@ -156,9 +156,12 @@ def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
 
 
 def coarse_cases(dataset: xr.Dataset, config: ExperimentConfig) -> list[Case]:
-    """The baseline coarse case of every scenario of a truth dataset."""
-    return [build_case(CASE, levels=config.coarse_levels, dt=config.coarse_dt, hours=24.0,
-                       turbulence=BASELINE_CLOSURE, **p) for p in scenario_parameters(dataset)]
+    """The baseline coarse case of every scenario of a truth dataset (``ConfigurationError``
+    if the truth is not on the coarse model's grid)."""
+    cases = [build_case(CASE, levels=config.coarse_levels, dt=config.coarse_dt, hours=24.0,
+                        turbulence=BASELINE_CLOSURE, **p) for p in scenario_parameters(dataset)]
+    check_truth_grid(dataset, cases[0].model.grid, dataset.attrs.get("split", "dataset"))
+    return cases
 
 
 def truth_states(dataset: xr.Dataset, template: State) -> State:
@@ -215,25 +218,31 @@ def neural_part(model: Model) -> NeuralParameterization:
     return slot.correction if isinstance(slot, Residual) else slot
 
 
-def install_artifact(case: Case, artifact: Artifact) -> Case:
-    """``case`` with the artifact's network in its slot (replacing the scheme, or correcting
-    the physics scheme the artifact names). The case's own surface layer is used."""
+def with_artifact(model: Model, artifact: Artifact, dt: float) -> Model:
+    """``model`` with the artifact's network in its slot (replacing the scheme there, or
+    correcting the physics scheme the artifact names, at time step ``dt``), over the surface
+    layer of the scheme it replaces."""
     config = artifact.config
     slot = config["slot"]
-    current = getattr(case.model, slot)
-    surface = getattr(current, "surface", None)
+    surface = getattr(getattr(model, slot), "surface", None)
     if surface is None:
         raise ConfigurationError(
-            f"case {case.name!r} has no surface layer in its {slot!r} slot to give the network")
+            f"the model has no surface layer in its {slot!r} slot to give the network")
     levels = config["network"]["levels"]
-    if config["network"]["kind"] == "mlp" and case.model.grid.n_levels != levels:
+    if config["network"]["kind"] == "mlp" and model.grid.n_levels != levels:
         raise ConfigurationError(
-            f"the artifact's column network was trained on {levels} levels; the case has "
-            f"{case.model.grid.n_levels} (run it with --levels {levels})")
+            f"the artifact's column network was trained on {levels} levels; the model has "
+            f"{model.grid.n_levels} (run it with --levels {levels})")
     scheme = artifact.parameterization(surface)
     if config["coupling"] == "residual":
-        scheme = Residual(turbulence_scheme(config["physics"], surface, case.dt), scheme)
-    model = case.model.with_slot(slot, scheme)
+        scheme = Residual(turbulence_scheme(config["physics"], surface, dt), scheme)
+    return model.with_slot(slot, scheme)
+
+
+def install_artifact(case: Case, artifact: Artifact) -> Case:
+    """``case`` with the artifact's network in its slot (``with_artifact``); tracers that no
+    scheme uses any more are dropped from the initial state."""
+    model = with_artifact(case.model, artifact, case.dt)
     tracers = {n: x for n, x in case.state0.tracers.items() if n in model.required_tracers()}
     state0 = dataclasses.replace(case.state0, tracers=tracers)
     return dataclasses.replace(case, model=model, state0=state0)
@@ -340,13 +349,11 @@ def markdown_table(summary: dict, config: ExperimentConfig) -> str:
 
 
 def plot_scores(summary: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Bars of the 24 h RMSE of θ and wind per model, held-out beside OOD, seed spread."""
+    from experiments.plots import new_figure, save_figure
 
     names = list(summary)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure, axes = new_figure(2, width=5.0, height=3.6)
     for axis, metric, units in ((axes[0], "rmse_theta_24h", "K"),
                                 (axes[1], "rmse_wind_24h", "m s-1")):
         x = np.arange(len(names))
@@ -358,10 +365,7 @@ def plot_scores(summary: dict, path: Path) -> Path:
         axis.set_ylabel(f"24 h RMSE ({units})")
         axis.set_title(metric.replace("_", " "))
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------

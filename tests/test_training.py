@@ -159,6 +159,12 @@ def test_offline_training_lowers_the_flux_error(setup):
     assert last < first
 
 
+def test_truth_on_another_grid_is_a_clear_error(experiment):
+    dataset = load_truth(experiment / "truth_train.nc")
+    with pytest.raises(ConfigurationError, match="on a grid of 16 levels"):
+        coarse_cases(dataset, dataclasses.replace(QUICK, coarse_levels=12))
+
+
 def test_training_data_with_nan_is_a_clear_error(setup):
     data = setup[0]
     states = eqx.tree_at(lambda s: s.thl, data.states, data.states.thl.at[1, 2, 0].set(jnp.nan))
@@ -237,3 +243,30 @@ def test_bad_artifacts_are_clear_errors(experiment, tmp_path):
     with pytest.raises(ConfigurationError, match="trained on 16 levels"):
         install_artifact(build_case("gabls1", levels=24, hours=1.0, turbulence="local"),
                          load_artifact(source))
+
+
+def test_stability_benchmark_runs_on_quick_artifacts(experiment, tmp_path, capsys):
+    models = [experiment / "artifacts" / "replace_online_seed0"]
+    out = tmp_path / "stability"
+    argv = ["bench", "stability", "--days", "1", "--scenarios", "heldout", "--truth",
+            str(experiment), "--out", str(out), "--no-progress", "--no-cache"]
+    for model in models:
+        argv += ["--model", str(model)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == {"physics_local", *(m.name for m in models)}
+    for by_split in summary["models"].values():
+        assert set(by_split) == {"heldout"}
+        for entry in by_split.values():
+            assert entry["runs"] == 2 and 0.0 <= entry["fraction_alive_at_end"] <= 1.0
+            assert np.isfinite(entry["rmse_theta_24h"]) and entry["largest_jacobian_modulus"] > 0
+            assert entry["budget_residual_max_K_per_day"] < 1.0e-6  # float64, flux form
+    metrics = read_netcdf(out / "metrics.nc")
+    assert metrics["survival_physics_local_heldout"].attrs["units"] == "1"
+    for name in ("report.md", "survival.png", "rmse_lead_time.png", "bias_profiles.png",
+                 "jacobian_spectra.png"):
+        assert (out / name).stat().st_size > 0
+    assert "Verdicts" in (out / "report.md").read_text()
+    assert main(["bench", "stability", "--model", str(tmp_path / "none"), "--out",
+                 str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -3,7 +3,8 @@ coarse-graining, truth generation and its files, and ``scm truth``.
 
 Truth runs here are tiny (2 scenarios, 8 coarse levels × 2, 3 h with 1 h spin-up, fine step
 150 s) and share one compilation: the module fixture, the failure test and the command line
-run the same configuration.
+run the same configuration. GABLS1 truth (1 h, no spin-up) has one fixture and one
+compilation of its own, shared with its command-line run.
 """
 
 from __future__ import annotations
@@ -22,19 +23,24 @@ from experiments.cases import build_case, case_parameters
 from experiments.cli import main
 from experiments.run import run_ensemble
 from experiments.scenarios import (
+    CASES,
+    FAMILIES,
     OOD_RANGES,
     SPLITS,
     TRAINING_RANGES,
     sample_scenarios,
+    split_ranges,
     stack_cases,
     stack_pytrees,
 )
 from experiments.truth import (
+    DEFAULT_LENGTHS,
     REQUIRED_VARIABLES,
     coarse_grain,
     coarse_layer_mass,
     generate_truth,
     load_truth,
+    truth_length,
 )
 from scm.errors import ConfigurationError
 from scm.grid import ColumnGrid
@@ -52,6 +58,26 @@ UNITS = {"u": "m s-1", "v": "m s-1", "theta": "K", "uw": "m2 s-2", "vw": "m2 s-2
          "parameter_lapse_rate": "K km-1"}
 
 
+#: The tiny GABLS1 truth: 1 h from the case's initial state (no spin-up: the case default).
+QUICK_GABLS1 = {"coarse_levels": 8, "refinement": 2, "fine_dt": 150.0, "coarse_dt": 300.0,
+                "days": 1 / 24}
+
+#: ``sample_scenarios(split, 3, 7)`` of the diurnal family, as the sampler drew them before
+#: other families existed (latitude, geostrophic_wind, surface_temperature,
+#: diurnal_amplitude, lapse_rate; 12 significant digits): diurnal sets must never change.
+DIURNAL_REFERENCE = {
+    "train": [[40.5309388326, 9.87268228482, 290.25766185, 9.15899755391, 4.46722741913],
+              [55.9135111743, 9.03906123486, 299.020384246, 5.22665847471, 4.8283044163],
+              [38.6882514335, 5.141681544, 283.116963695, 7.35440472123, 5.61608411788]],
+    "heldout": [[30.5954180667, 8.21707062919, 287.345547766, 5.29755726077, 5.50090246951],
+                [42.2268893999, 10.4921072532, 280.533364043, 8.90763337707, 4.09808931199],
+                [51.3354100226, 7.03357733177, 295.277703271, 6.48128066235, 5.13090444399]],
+    "ood": [[18.2451884864, 14.7009865542, 287.159598799, 11.1251097616, 4.77415824392],
+            [68.5617598573, 13.3432570403, 299.449702107, 12.0563999043, 4.23024519981],
+            [66.1875420875, 17.2208798854, 284.840097551, 13.1390049977, 5.98333654281]],
+}
+
+
 def quick_truth(**kwargs) -> xr.Dataset:
     return generate_truth(sample_scenarios("train", 2, 0), **QUICK, progress=False,
                           split="train", seed=0, **kwargs)
@@ -60,6 +86,13 @@ def quick_truth(**kwargs) -> xr.Dataset:
 @pytest.fixture(scope="module")
 def dataset() -> xr.Dataset:
     return quick_truth()
+
+
+@pytest.fixture(scope="module")
+def gabls1_dataset() -> xr.Dataset:
+    """Two OOD GABLS1 scenarios, 1 h (the spin-up left at the case default, none)."""
+    return generate_truth(sample_scenarios("ood", 2, 0, case="gabls1"), case="gabls1",
+                          **QUICK_GABLS1, progress=False, split="ood", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,48 +109,71 @@ def in_bands(values, bands) -> np.ndarray:
     return np.any([(values >= low) & (values <= high) for low, high in bands], axis=0)
 
 
-def test_training_and_ood_ranges_lie_inside_the_case_ranges():
-    specs = case_parameters("diurnal")
-    for name, (low, high) in TRAINING_RANGES.items():
+@pytest.mark.parametrize("case", CASES)
+def test_training_and_ood_ranges_lie_inside_the_case_ranges(case):
+    specs = case_parameters(case)
+    family = FAMILIES[case]
+    assert family.ood and set(family.ood) <= set(family.training)
+    for name, (low, high) in family.training.items():
         assert specs[name][1] <= low < high <= specs[name][2], name
-    for name, bands in OOD_RANGES.items():
+    for name, bands in family.ood.items():
+        training_low, training_high = family.training[name]
         for low, high in bands:
             assert specs[name][1] <= low < high <= specs[name][2], name
+            assert high < training_low or low > training_high, name  # outside training
+    assert FAMILIES["diurnal"].training is TRAINING_RANGES
+    assert FAMILIES["diurnal"].ood is OOD_RANGES
 
 
-@pytest.mark.parametrize("n", [1, 7, 8])
-def test_scenario_sampling_is_deterministic_and_inside_its_ranges(n):
-    specs = case_parameters("diurnal")
-    drawn = {split: sample_scenarios(split, n, 5) for split in SPLITS}
+def test_diurnal_scenarios_are_unchanged_by_the_other_families():
+    for split, reference in DIURNAL_REFERENCE.items():
+        for drawn in (sample_scenarios(split, 3, 7), sample_scenarios(split, 3, 7,
+                                                                      case="diurnal")):
+            values = [[s[name] for name in TRAINING_RANGES] for s in drawn]
+            np.testing.assert_allclose(values, reference, rtol=1e-11, err_msg=split)
+    assert split_ranges("ood") == split_ranges("ood", "diurnal")
+    gabls1 = sample_scenarios("train", 3, 7, case="gabls1")
+    assert set(gabls1[0]) == set(case_parameters("gabls1"))
+
+
+@pytest.mark.parametrize("case, n", [("diurnal", 1), ("diurnal", 7), ("diurnal", 8),
+                                     ("gabls1", 7), ("dry_cbl", 8)])
+def test_scenario_sampling_is_deterministic_and_inside_its_ranges(case, n):
+    specs = case_parameters(case)
+    training, ood_bands = FAMILIES[case].training, FAMILIES[case].ood
+    drawn = {split: sample_scenarios(split, n, 5, case=case) for split in SPLITS}
     for split in SPLITS:
-        assert drawn[split] == sample_scenarios(split, n, 5)
+        assert drawn[split] == sample_scenarios(split, n, 5, case=case)
         assert len(drawn[split]) == n
         assert all(set(scenario) == set(specs) for scenario in drawn[split])
-        build_case("diurnal", levels=8, **drawn[split][-1])  # accepted as it is
-    assert drawn["train"] != sample_scenarios("train", n, 6)
+        build_case(case, levels=8, **drawn[split][-1])  # accepted as it is
+    assert drawn["train"] != sample_scenarios("train", n, 6, case=case)
     for split in ("train", "heldout"):
-        for name, (low, high) in TRAINING_RANGES.items():
+        for name, (low, high) in training.items():
             values = [s[name] for s in drawn[split]]
             assert min(values) >= low and max(values) <= high, (split, name)
             # Latin hypercube: one scenario in each of the n strata
             strata = np.floor((np.asarray(values) - low) / (high - low) * n)
             assert sorted(strata) == list(range(n)), (split, name)
-    for name in set(specs) - set(TRAINING_RANGES):
-        assert {s[name] for s in drawn["train"]} == {specs[name][0]}
+    for name in set(specs) - set(training):
+        assert {s[name] for split in SPLITS for s in drawn[split]} == {specs[name][0]}
     train = {tuple(s.values()) for s in drawn["train"]}
     assert train.isdisjoint(tuple(s.values()) for s in drawn["heldout"])
 
     ood = drawn["ood"]
-    for name, (low, high) in TRAINING_RANGES.items():
+    for name, (low, high) in training.items():
         values = np.asarray([s[name] for s in ood])
-        if name in OOD_RANGES:
-            assert in_bands(values, OOD_RANGES[name]).all(), name
+        if name in ood_bands:
+            assert in_bands(values, ood_bands[name]).all(), name
             assert not in_bands(values, [(low, high)]).any(), name
         else:
             assert in_bands(values, [(low, high)]).all(), name
-    if n % 2 == 0:
-        latitudes = np.asarray([s["latitude"] for s in ood])
-        assert (latitudes < 30).sum() == (latitudes > 60).sum() == n // 2
+    for name, bands in ood_bands.items():
+        if n % 2 == 0 and len(bands) == 2:  # equal bands on both sides: half in each
+            assert bands[0][1] - bands[0][0] == bands[1][1] - bands[1][0]
+            values = np.asarray([s[name] for s in ood])
+            assert (values < training[name][0]).sum() == n // 2, name
+            assert (values > training[name][1]).sum() == n // 2, name
 
 
 @pytest.mark.parametrize("split, n, words", [
@@ -127,6 +183,32 @@ def test_scenario_sampling_is_deterministic_and_inside_its_ranges(n):
 def test_bad_sampling_request_is_a_clear_error(split, n, words):
     with pytest.raises(ConfigurationError, match=words):
         sample_scenarios(split, n, 0)
+
+
+def test_unknown_case_is_a_clear_error_naming_the_families(tmp_path):
+    allowed = "choose one of: diurnal, gabls1, dry_cbl"
+    with pytest.raises(ConfigurationError, match=rf"unknown case 'bomex'; {allowed}"):
+        sample_scenarios("train", 2, 0, case="bomex")
+    with pytest.raises(ConfigurationError, match=allowed):
+        split_ranges("train", "ekman")
+    with pytest.raises(ConfigurationError, match=allowed):
+        generate_truth(sample_scenarios("train", 2, 0), case="bomex", **QUICK, progress=False)
+    with pytest.raises(ConfigurationError, match=allowed):
+        load_truth(tmp_path / "missing.nc", case="bomex")
+    # scenarios of another case are named, before anything compiles
+    with pytest.raises(ConfigurationError, match="unknown parameter.*'gabls1'"):
+        generate_truth(sample_scenarios("train", 2, 0), case="gabls1", **QUICK_GABLS1,
+                       progress=False)
+
+
+def test_truth_lengths_default_to_the_cases_own():
+    assert truth_length() == truth_length("diurnal") == (15.0, 5.0)
+    for case in ("gabls1", "dry_cbl"):
+        days, spinup_days = truth_length(case)
+        assert days * 24.0 == pytest.approx(build_case(case, levels=8).hours, rel=1e-12)
+        assert spinup_days == 0.0 == DEFAULT_LENGTHS[case][1]
+    assert truth_length("dry_cbl", days=0.125) == (0.125, 0.0)
+    assert truth_length("diurnal", spinup_days=2.0) == (15.0, 2.0)
 
 
 def test_stacking_needs_equal_structure_and_static_fields():
@@ -291,6 +373,40 @@ def test_load_truth_rejects_a_wrong_grid_nans_and_missing_variables(dataset, tmp
         load_truth(tmp_path / "missing.nc")
 
 
+def test_gabls1_truth_is_finite_on_the_cases_grid_and_names_its_case(gabls1_dataset,
+                                                                     tmp_path):
+    dataset = gabls1_dataset
+    grid = build_case("gabls1", levels=8).model.grid  # heights do not depend on the scenario
+    assert dict(dataset.sizes) == {"scenario": 2, "time": 13, "z": 8, "z_interface": 9}
+    np.testing.assert_allclose(dataset["time"], 300.0 * np.arange(13))  # nothing discarded
+    np.testing.assert_allclose(dataset["z_interface"], grid.z_interface)
+    assert float(dataset["z_interface"][-1]) == 400.0
+    for name in REQUIRED_VARIABLES[:-1]:
+        assert np.isfinite(dataset[name].values).all(), name
+    assert np.isnan(dataset["failed_at"].values).all()
+    # a cooling surface: downward heat flux from the first output on; nothing through the top
+    assert (dataset["surface_heat_flux"][:, 1:] < 0).all()
+    np.testing.assert_array_equal(dataset["heat_flux"][..., 0], dataset["surface_heat_flux"])
+    assert (dataset["heat_flux"][..., -1] == 0).all()
+    scenarios = sample_scenarios("ood", 2, 0, case="gabls1")
+    for name in case_parameters("gabls1"):
+        np.testing.assert_array_equal(dataset[f"parameter_{name}"],
+                                      [s[name] for s in scenarios])
+    attrs = dataset.attrs
+    assert attrs["case"] == "gabls1" and "gabls1" in attrs["title"]
+    assert attrs["days"] == pytest.approx(1 / 24) and attrs["spinup_days"] == 0.0
+    assert (attrs["split"], attrs["coarse_levels"], attrs["fine_levels"]) == ("ood", 8, 16)
+    np.testing.assert_array_equal(attrs["training_range_surface_cooling_rate"], [0.1, 0.5])
+    np.testing.assert_array_equal(attrs["ood_range_geostrophic_wind"], [11.0, 14.0])
+    assert "training_range_latitude" not in attrs
+
+    path = write_netcdf(dataset, tmp_path / "gabls1.nc")
+    loaded = load_truth(path, grid=grid, case="gabls1")
+    assert loaded.attrs["case"] == "gabls1"
+    with pytest.raises(ConfigurationError, match="case 'gabls1', expected 'diurnal'"):
+        load_truth(path, case="diurnal")
+
+
 def test_failed_scenario_is_flagged_and_warned_about(monkeypatch, tmp_path):
     """A scenario that fails in the fine run: flagged in failed_at, warned about, no NaN."""
 
@@ -315,6 +431,21 @@ def test_failed_scenario_is_flagged_and_warned_about(monkeypatch, tmp_path):
 QUICK_ARGV = ["--scenarios", "2", "--levels", "8", "--refinement", "2", "--fine-dt", "150",
               "--coarse-dt", "300", "--days", repr(3 / 24), "--spinup-days", repr(1 / 24),
               "--no-progress", "--no-cache"]
+
+
+def test_truth_command_makes_gabls1_truth(gabls1_dataset, tmp_path, capsys):
+    out = tmp_path / "gabls1.nc"
+    argv = ["--case", "gabls1", "--split", "ood", "--scenarios", "2", "--levels", "8",
+            "--refinement", "2", "--fine-dt", "150", "--coarse-dt", "300", "--days",
+            repr(1 / 24), "--no-progress", "--no-cache", "--out", str(out)]
+    code = main(["truth", *argv])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert "truth (gabls1, ood, seed 0): 2 scenario(s)" in stdout
+    assert "0 day spin-up" in stdout
+    written = load_truth(out, case="gabls1")
+    for name in REQUIRED_VARIABLES:
+        np.testing.assert_array_equal(written[name], gabls1_dataset[name])
 
 
 def test_truth_command_writes_the_same_truth(dataset, tmp_path, capsys):
@@ -342,6 +473,9 @@ def test_truth_command_writes_the_same_truth(dataset, tmp_path, capsys):
     (["--coarse-dt", "45"], "coarse_dt"),
     (["--days", "0.1001", "--spinup-days", "0"], "days"),
     (["--seed", "-1"], "seed"),
+    (["--case", "bomex"], "case"),
+    (["--case", "gabls1", "--spinup-days", "1"], "spinup_days"),
+    (["--case", "dry_cbl", "--days", "0.1"], "days"),
     (["--out", "/no/such/directory/truth.nc"], "/no/such/directory"),
 ])
 def test_truth_command_bad_input_exits_2_naming_the_field(argv, field, tmp_path, capsys,

@@ -11,7 +11,8 @@ Usage::
               [--fine-dt S] [--coarse-dt S] --out FILE.nc [--no-progress] [--no-cache]
     scm experiment turbulence [--quick] [--seeds N] --out DIR [--no-progress] [--no-cache]
     scm bench stability [--model PATH ...] [--baseline NAME] [--scenarios heldout|ood|all]
-                        [--days N] [--truth DIR] [--scenarios-per-set N] [--out DIR]
+                        [--days N] [--bound FIELD=LOW:HIGH ...] [--truth DIR]
+                        [--scenarios-per-set N] [--out DIR]
 
 ``scm truth`` writes coarse-grained high-resolution truth of sampled scenarios of one case
 (``diurnal`` by default: 15 days, 5 of them spin-up; ``gabls1`` and ``dry_cbl``: the case's
@@ -44,6 +45,7 @@ import numpy as np
 from experiments import cases, scenarios, truth
 from experiments.run import case_dataset, run_case
 from scm.errors import ConfigurationError, check_choice, check_range
+from scm.integration import DEFAULT_BOUNDS
 from scm.io import write_netcdf
 
 PROGRAM = "scm"
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scores them against the physics baseline (see experiments/turbulence.py).")
     experiment.add_argument("name", metavar="NAME", help="experiment: turbulence")
     experiment.add_argument("--quick", action="store_true",
-                            help="a small version of everything (about a minute)")
+                            help="a small version of everything (about 2 minutes)")
     experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
     experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")
     add_progress_and_cache_options(experiment)
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="physics closure beside them (default local)")
     bench.add_argument("--scenarios", default="all", help="heldout, ood or all (default all)")
     bench.add_argument("--days", type=float, default=30.0, help="days per run (default 30)")
+    bench.add_argument("--bound", metavar="FIELD=LOW:HIGH", dest="bounds", action="append",
+                       default=[], help="physical bounds of a field (e.g. thl=200:400; "
+                                        "defaults: scm.integration.DEFAULT_BOUNDS)")
     bench.add_argument("--truth", metavar="DIR",
                        help="directory with truth_heldout.nc / truth_ood.nc (default: --out; "
                             "missing files are generated there)")
@@ -287,7 +292,8 @@ def command_bench(args: argparse.Namespace) -> int:
     check_choice("scenarios", args.scenarios, (*stability.SPLITS, "all"))
     check_choice("baseline", args.baseline, cases.TURBULENCE_NAMES)
     check_range("scenarios-per-set", args.scenarios_per_set, 1, 100_000)
-    config = stability.StabilityConfig(days=args.days)
+    config = stability.StabilityConfig(days=args.days,
+                                       bounds=parse_bounds(args.bounds, DEFAULT_BOUNDS))
     for path in args.models:
         load_artifact(path)  # every artifact is checked before anything runs
     out = check_output_directory("--out", args.out)
@@ -374,6 +380,25 @@ def enable_compilation_cache() -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
+
+
+def parse_bounds(assignments: Sequence[str], defaults: dict) -> tuple:
+    """``FIELD=LOW:HIGH`` assignments over ``defaults`` as ``(field, low, high)`` triples."""
+    bounds = dict(defaults)
+    for text in assignments:
+        name, _, values = text.partition("=")
+        low, _, high = values.partition(":")
+        try:
+            low, high = float(low), float(high)
+        except ValueError:
+            raise ConfigurationError(
+                f"--bound {text!r} must be FIELD=LOW:HIGH with numbers") from None
+        check_choice("--bound field", name, tuple(defaults))
+        if not low < high:
+            raise ConfigurationError(f"--bound {name}: LOW ({low:g}) must be below HIGH "
+                                     f"({high:g})")
+        bounds[name] = (low, high)
+    return tuple((name, low, high) for name, (low, high) in bounds.items())
 
 
 def check_output_directory(option: str, path) -> Path:

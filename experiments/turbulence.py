@@ -99,7 +99,7 @@ class ExperimentConfig:
 
     @classmethod
     def quick(cls) -> ExperimentConfig:
-        """A small version of everything (about a minute on two CPU cores): for tests and
+        """A small version of everything (about 2 minutes on two CPU cores): for tests and
         for trying the pipeline, not for conclusions."""
         return cls(train_scenarios=2, heldout_scenarios=2, ood_scenarios=2, coarse_levels=16,
                    refinement=2, fine_dt=60.0, coarse_dt=600.0, spinup_days=0.5,

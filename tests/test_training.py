@@ -270,3 +270,5 @@ def test_stability_benchmark_runs_on_quick_artifacts(experiment, tmp_path, capsy
     assert main(["bench", "stability", "--model", str(tmp_path / "none"), "--out",
                  str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "stability", "--bound", "thl=400:300", "--out", str(out)]) == 2
+    assert "LOW (400) must be below HIGH" in capsys.readouterr().err

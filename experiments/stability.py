@@ -14,7 +14,9 @@ beside the physics baseline. Measured per model and scenario, against the truth
   speed below ``JET_TOP``), whether or not a network was trained on them;
 - **climate**: time-mean profiles (bias against the truth's) and diurnal composites (mean by
   hour of day) of the surface heat flux and boundary-layer height; **drift**: the linear trend
-  of the daily-mean column-mean θ and wind speed, minus the truth's;
+  of the daily means of the column heat content and momentum, as mass-weighted column means
+  of θ, u and v (heat content / (c_p × column mass), momentum / column mass), minus the
+  truth's;
 - **conservation**: the column heat budget of one step at every hourly state,
   Σ m_k Δθ_k − Δt (ρ₀ F₀ + Σ m_k R_k), with m_k = ρ_k Δz_k the layer mass, F₀ the surface heat
   flux and R the explicit tendencies of the slots other than the turbulence slot (large-scale
@@ -257,8 +259,6 @@ def evaluate_candidate(candidate: Candidate, scenarios: ScenarioSet, config: Sta
            "run_seconds": seconds}
     for name in (*VARIABLES, *DIAGNOSTICS):
         out[f"rmse_{name}"], out[f"bias_{name}"] = lead_time_skill(series[name], truth[name])
-    wind = np.sqrt(state.u**2 + state.v**2)
-    wind_truth = np.sqrt(truth["u"] ** 2 + truth["v"] ** 2)
     out["rmse_wind"] = np.sqrt(((state.u - truth["u"]) ** 2
                                 + (state.v - truth["v"]) ** 2).mean(axis=-1))
     for name, model_x, truth_x in (("theta", state.thl, truth["theta"]),
@@ -267,10 +267,13 @@ def evaluate_candidate(candidate: Candidate, scenarios: ScenarioSet, config: Sta
     for name in ("surface_heat_flux", "boundary_layer_height"):
         out[f"diurnal_{name}"] = diurnal_composite(series[name][:, 1:], times[1:])
         out[f"diurnal_{name}_truth"] = diurnal_composite(truth[name][:, 1:], times[1:])
-    out["drift_theta"] = (daily_trend(state.thl.mean(axis=-1), 24)
-                          - daily_trend(truth["theta"].mean(axis=-1), 24))
-    out["drift_wind"] = (daily_trend(wind.mean(axis=-1), 24)
-                         - daily_trend(wind_truth.mean(axis=-1), 24))
+    # mass-weighted column means: heat content and momentum per unit column mass
+    mass = np.stack([np.asarray(m.grid.layer_mass, float) for m in scenarios.models])
+    weights = (mass / mass.sum(axis=1, keepdims=True))[:, None, :]
+    for name, model_x, truth_x in (("theta", state.thl, truth["theta"]),
+                                   ("u", state.u, truth["u"]), ("v", state.v, truth["v"])):
+        out[f"drift_{name}"] = (daily_trend((model_x * weights).sum(axis=-1), 24)
+                                - daily_trend((truth_x * weights).sum(axis=-1), 24))
 
     # one-step budgets and Jacobians at sampled hourly states
     every = max(1, round(config.jacobian_every_hours))
@@ -389,7 +392,8 @@ def summarize(results: dict[str, dict[str, dict]]) -> dict:
                 "growing_mode_fraction": r["growing_fraction"],
                 "budget_residual_max_K_per_day": float(np.abs(r["budget_residual"]).max()),
                 "drift_theta_K_per_day": float(np.mean(r["drift_theta"])),
-                "drift_wind_m_s_per_day": float(np.mean(r["drift_wind"])),
+                "drift_u_m_s_per_day": float(np.mean(r["drift_u"])),
+                "drift_v_m_s_per_day": float(np.mean(r["drift_v"])),
                 "run_seconds": r["run_seconds"],
             }
     return summary
@@ -426,10 +430,10 @@ def metrics_dataset(results: dict[str, dict[str, dict]], z: np.ndarray,
                     units, f"diurnal composite of {name}")
                 add(f"diurnal_{name}_truth", ("scenario", "hour_of_day"),
                     r[f"diurnal_{name}_truth"], units, f"truth's diurnal composite of {name}")
-            add("drift_theta", ("scenario",), r["drift_theta"], "K day-1",
-                "trend of the daily column-mean theta minus the truth's")
-            add("drift_wind", ("scenario",), r["drift_wind"], "m s-1 day-1",
-                "trend of the daily column-mean wind speed minus the truth's")
+            for name, units in VARIABLES.items():
+                add(f"drift_{name}", ("scenario",), r[f"drift_{name}"], f"{units} day-1",
+                    f"trend of the daily mass-weighted column mean of {name} minus the "
+                    "truth's")
             add("budget_residual", ("scenario", "sample"), r["budget_residual"], "K day-1",
                 "one-step column heat budget residual as column-mean theta change per day")
             add("jacobian_moduli", ("scenario", "sample", "mode"), r["jacobian_moduli"], "1",
@@ -485,8 +489,9 @@ def markdown_report(summary: dict, baseline_name: str, config: StabilityConfig,
             "",
             "| model | alive at end | median time to failure (days) | θ RMSE 24 h (K) | "
             "wind RMSE 24 h (m/s) | θ RMSE end (K) | wind RMSE end (m/s) | largest |λ| | "
-            "states with growing modes | budget residual (K/day) | θ drift (K/day) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "states with growing modes | budget residual (K/day) | θ drift (K/day) | "
+            "u, v drift (m/s/day) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for model, by_split in summary.items():
             e = by_split[split]
@@ -497,7 +502,8 @@ def markdown_report(summary: dict, baseline_name: str, config: StabilityConfig,
                 f"{e['rmse_wind_final']:.3f} | {e['largest_jacobian_modulus']:.4f} | "
                 f"{100 * e['growing_mode_fraction']:.0f} % | "
                 f"{e['budget_residual_max_K_per_day']:.2g} | "
-                f"{e['drift_theta_K_per_day']:+.3f} |")
+                f"{e['drift_theta_K_per_day']:+.3f} | {e['drift_u_m_s_per_day']:+.3f}, "
+                f"{e['drift_v_m_s_per_day']:+.3f} |")
         lines += ["", "Verdicts:", ""]
         for model, by_split in summary.items():
             lines.append(f"- **{model}**: {verdict(by_split[split], baseline)}")

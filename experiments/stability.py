@@ -190,9 +190,6 @@ class StabilityConfig:
         check_range("jacobian_every_hours", self.jacobian_every_hours, 1.0, 1.0e5, "h")
         check_range("growth_tolerance", self.growth_tolerance, 0.0, 1.0)
 
-    def bounds_dict(self) -> dict[str, tuple[float, float]]:
-        return {name: (low, high) for name, low, high in self.bounds}
-
 
 class Candidate(NamedTuple):
     """A model to judge: its name and one ``Model`` per scenario (any grid-free builder)."""

@@ -164,20 +164,12 @@ def coarse_cases(dataset: xr.Dataset, config: ExperimentConfig) -> list[Case]:
     return cases
 
 
-def truth_states(dataset: xr.Dataset, template: State) -> State:
-    """Truth states ``(scenario, time, z)`` with the structure of the coarse model's state."""
-    def field(name):
-        return jnp.asarray(dataset[name].values, template.u.dtype)
-
-    u, v, thl = field("u"), field("v"), field("theta")
-    return State(u, v, thl, jnp.zeros_like(u))
-
-
-def truth_fluxes(dataset: xr.Dataset, template: State) -> State:
-    def field(name):
-        return jnp.asarray(dataset[name].values, template.u.dtype)
-
-    u, v, thl = field("uw"), field("vw"), field("heat_flux")
+def truth_states(dataset: xr.Dataset, template: State,
+                 names: tuple[str, str, str] = ("u", "v", "theta")) -> State:
+    """Truth fields ``names`` (u, v, θl) as a ``State`` ``(scenario, time, ...)`` with the
+    structure of the coarse model's state (qt zero); ``("uw", "vw", "heat_flux")`` gives the
+    sub-grid fluxes."""
+    u, v, thl = (jnp.asarray(dataset[name].values, template.u.dtype) for name in names)
     return State(u, v, thl, jnp.zeros_like(u))
 
 
@@ -186,7 +178,8 @@ def training_data(dataset: xr.Dataset, cases: list[Case], config: ExperimentConf
     template = cases[0].state0
     return TrainingData(stack_pytrees([c.model.grid for c in cases]),
                         stack_pytrees([c.forcing for c in cases]),
-                        truth_states(dataset, template), truth_fluxes(dataset, template),
+                        truth_states(dataset, template),
+                        truth_states(dataset, template, ("uw", "vw", "heat_flux")),
                         jnp.asarray(dataset["time"].values, template.u.dtype),
                         config.coarse_dt)
 

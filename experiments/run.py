@@ -373,3 +373,44 @@ __all__ = [
     "run_case",
     "run_ensemble",
 ]
+
+
+HOUR = 3600.0
+
+
+def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt: float,
+                   hours: int, *, progress: bool = True, desc: str = "run",
+                   bounds: tuple[tuple[str, float, float], ...] | None = None,
+                   ) -> tuple[Trajectory, xr.Dataset]:
+    """Run every scenario of a coarse-grained truth dataset (``experiments.truth``) from its
+    first state for ``hours`` hours with steps of ``dt`` (the truth's own spacing), saving
+    hourly; ``models`` and ``forcings`` are stacked per scenario.
+
+    Returns the trajectory and the truth at the same hourly times, so that errors are
+    ``trajectory.state.thl − hourly["theta"]`` and so on.
+    """
+    times = truth["time"].values
+    if len(times) > 1 and not np.isclose(times[1] - times[0], dt):
+        raise ConfigurationError(
+            f"the truth is saved every {times[1] - times[0]:g} s but the model steps {dt:g} s")
+    steps_per_hour = round(HOUR / dt)
+    hourly = truth.isel(time=slice(0, hours * steps_per_hour + 1, steps_per_hour))
+    if hourly.sizes["time"] < hours + 1:
+        raise ConfigurationError(
+            f"the {truth.attrs.get('split', '')} truth covers {hourly.sizes['time'] - 1} h, "
+            f"fewer than the {hours} h asked for")
+    dtype = models.grid.z.dtype
+    u, v, theta = (jnp.asarray(hourly[name].values[:, 0], dtype) for name in ("u", "v", "theta"))
+    run = run_ensemble(models, forcings, State(u, v, theta, jnp.zeros_like(u)), dt,
+                       float(hourly["time"].values[0]), hours * steps_per_hour, steps_per_hour,
+                       progress=progress, desc=desc, bounds=bounds)
+    return run, hourly
+
+
+def first_day_rmse(*errors: np.ndarray) -> np.ndarray:
+    """Per scenario, the RMS over all levels and the hourly saves of the first day (hours
+    1–24) of errors ``(scenario, hour, z)``; several components (u and v: the wind vector)
+    add their squares."""
+    squared = sum(np.asarray(e)[:, 1:25] ** 2 for e in errors)
+    return np.sqrt(squared.mean(axis=(1, 2)))
+

@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from experiments.cases import DAY, Case, build_case, turbulence_scheme
-from experiments.run import run_ensemble
+from experiments.run import first_day_rmse, run_from_truth
 from experiments.scenarios import CASE, sample_scenarios, stack_pytrees
 from experiments.truth import check_truth_grid, generate_truth, load_truth
 from nn.artifact import Artifact, load_artifact, save_artifact
@@ -51,7 +51,7 @@ from nn.parameterization import NeuralParameterization, make_network
 from nn.training import TrainingConfig, TrainingData, model_on, train, write_learning_curve
 from nn.wrappers import Residual
 from scm.errors import ConfigurationError, check_range
-from scm.io import write_atomic, write_netcdf
+from scm.io import package_version, write_atomic, write_netcdf
 from scm.model import Model
 from scm.state import State
 
@@ -125,7 +125,7 @@ class ExperimentConfig:
 def truth_for(split: str, config: ExperimentConfig, directory: Path,
               progress: bool) -> xr.Dataset:
     """The truth of one split, from ``directory/truth_<split>.nc`` if it was made with the
-    same settings, else generated and written there."""
+    same settings and package version, else generated and written there."""
     n = {"train": config.train_scenarios, "heldout": config.heldout_scenarios,
          "ood": config.ood_scenarios}[split]
     days = config.train_days if split == "train" else config.evaluation_days
@@ -133,8 +133,8 @@ def truth_for(split: str, config: ExperimentConfig, directory: Path,
                     fine_dt=config.fine_dt, coarse_dt=config.coarse_dt,
                     days=config.spinup_days + days, spinup_days=config.spinup_days)
     path = directory / f"truth_{split}.nc"
-    signature = json.dumps({"split": split, "n": n, "seed": config.scenario_seed, **settings},
-                           sort_keys=True)
+    signature = json.dumps({"split": split, "n": n, "seed": config.scenario_seed,
+                            "version": package_version(), **settings}, sort_keys=True)
     if path.exists():
         dataset = load_truth(path)
         if dataset.attrs.get("experiment_signature") == signature:
@@ -249,33 +249,21 @@ def evaluate(model: Model, cases: list[Case], dataset: xr.Dataset, config: Exper
              progress: bool = True, desc: str = "evaluation") -> dict:
     """Scores of ``model`` (any of the experiment's models, on the first case's grid) on the
     scenarios of a truth dataset; see the module docstring."""
-    steps_per_hour = round(HOUR / config.coarse_dt)
-    n_steps = round(config.evaluation_days * DAY / config.coarse_dt)
-    n_steps -= n_steps % steps_per_hour
-    template = cases[0].state0
-    truth = truth_states(dataset, template)
-    if truth.thl.shape[1] <= n_steps:
-        raise ConfigurationError(
-            f"the evaluation truth covers {truth.thl.shape[1] - 1} steps of {config.coarse_dt:g}"
-            f" s, fewer than the {n_steps} of {config.evaluation_days:g} days")
     models = stack_pytrees([model_on(model, c.model.grid) for c in cases])
     forcings = stack_pytrees([c.forcing for c in cases])
-    states0 = jax.tree.map(lambda a: a[:, 0], truth)
-    run = run_ensemble(models, forcings, states0, config.coarse_dt,
-                       float(dataset["time"].values[0]), n_steps, steps_per_hour,
-                       progress=progress, desc=desc)
-    hourly = jax.tree.map(lambda a: np.asarray(a[:, : n_steps + 1 : steps_per_hour]), truth)
+    run, hourly = run_from_truth(models, forcings, dataset, config.coarse_dt,
+                                 round(config.evaluation_days * 24), progress=progress,
+                                 desc=desc)
     state = jax.tree.map(np.asarray, run.state)
-    first_day = slice(1, 25)
-    theta_error = state.thl - hourly.thl
-    wind_error2 = (state.u - hourly.u) ** 2 + (state.v - hourly.v) ** 2
+    du, dv = state.u - hourly["u"].values, state.v - hourly["v"].values
+    theta_truth = hourly["theta"].values
     last_day = slice(-24, None)
-    day_mean = state.thl[:, last_day].mean(axis=1) - hourly.thl[:, last_day].mean(axis=1)
+    day_mean = state.thl[:, last_day].mean(axis=1) - theta_truth[:, last_day].mean(axis=1)
     return {
-        "rmse_theta_24h": np.sqrt((theta_error[:, first_day] ** 2).mean(axis=(1, 2))),
-        "rmse_u_24h": np.sqrt(((state.u - hourly.u)[:, first_day] ** 2).mean(axis=(1, 2))),
-        "rmse_v_24h": np.sqrt(((state.v - hourly.v)[:, first_day] ** 2).mean(axis=(1, 2))),
-        "rmse_wind_24h": np.sqrt(wind_error2[:, first_day].mean(axis=(1, 2))),
+        "rmse_theta_24h": first_day_rmse(state.thl - theta_truth),
+        "rmse_u_24h": first_day_rmse(du),
+        "rmse_v_24h": first_day_rmse(dv),
+        "rmse_wind_24h": first_day_rmse(du, dv),
         "stable": ~np.isfinite(np.asarray(run.failed_at)),
         "failed_at_days": np.asarray(run.failed_at) / DAY,
         "final_theta_error": np.sqrt((day_mean**2).mean(axis=1)),

@@ -1,5 +1,6 @@
-"""Large-scale forcing imposed on the column: geostrophic wind and Coriolis, subsidence,
-prescribed tendencies and Newtonian relaxation (nudging)."""
+"""Large-scale forcing imposed on the column: subsidence, prescribed tendencies and Newtonian
+relaxation (nudging). The geostrophic pressure gradient and Coriolis turning of the wind are
+the column's dynamics, integrated by the time step itself (``scm.integration``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from scm.state import State
 class LargeScaleForcing(AbstractParameterization):
     """All large-scale terms read from the ``Forcing``; a zero field contributes nothing.
 
-    - Coriolis with a geostrophic pressure gradient (e.g. Holton 2004, eq. 5.1):
-      ∂u/∂t = f (v − v_g), ∂v/∂t = −f (u − u_g).
     - Subsidence by the large-scale vertical velocity w (on θl, qt and tracers; on u, v when
       ``subside_momentum``): ∂x/∂t = −w ∂x/∂z, written in flux form with first-order upwind
       interface values, −(1/ρ)∂(ρ w x_up)/∂z + x (1/ρ)∂(ρ w)/∂z, so a uniform field is
@@ -28,9 +27,6 @@ class LargeScaleForcing(AbstractParameterization):
     subside_momentum: bool = eqx.field(static=True, default=False)
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
-        f = forcing.coriolis_parameter
-        coriolis_u = f * (state.v - forcing.geostrophic_v)
-        coriolis_v = -f * (state.u - forcing.geostrophic_u)
         w = grid.to_interfaces(forcing.subsidence).at[0].set(0.0)
 
         def subsidence(x):
@@ -46,8 +42,6 @@ class LargeScaleForcing(AbstractParameterization):
         tendency = {n: subsidence(x) for n, x in fields.items()}
         if not self.subside_momentum:
             tendency["u"] = tendency["v"] = jnp.zeros_like(state.u)
-        tendency["u"] = tendency["u"] + coriolis_u
-        tendency["v"] = tendency["v"] + coriolis_v
         tendency["thl"] = (tendency["thl"] + forcing.thl_tendency
                            + relaxation(state.thl, forcing.thl_reference))
         tendency["qt"] = (tendency["qt"] + forcing.qt_tendency

@@ -27,7 +27,10 @@ class Tendency(eqx.Module):
       as a flux conserves the column budget by construction. ``flux[0]`` is the surface flux;
     - ``diffusivity``: eddy diffusivities on interfaces (m2 s-1, ≥ 0), integrated implicitly.
       At the surface interface only momentum may be non-zero: it couples the lowest level to
-      the ground, where the wind is zero (implicit surface drag ``u*² / |U|`` × z1);
+      the ground, where the wind is zero (implicit surface drag ``u*² / |U|`` × z1). u and v
+      share one eddy viscosity, ``diffusivity.u``: the solver diffuses the wind u + i v as
+      one complex field (which keeps its Coriolis turning exact), so ``diffusivity.v`` must
+      equal ``diffusivity.u``;
     - ``diagnostics``: scalars or profiles for output (e.g. ``ustar``), never fed back.
     """
 

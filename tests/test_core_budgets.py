@@ -6,6 +6,7 @@ so that layer mass ρΔz, interface density and the solver's conductances all ha
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,6 +95,7 @@ def test_implicit_solve_conserves_with_any_diffusivity(kit, grid, rng):
     s0 = initial_state(kit, grid)
     n = grid.n_levels + 1
     k = State.from_fields({name: jnp.asarray(rng.uniform(0, 50, n)) for name in s0.fields()})
+    k = eqx.tree_at(lambda d: d.v, k, k.u)  # one eddy viscosity for the wind
     solve = jax.jit(implicit_diffusion)
     for dt in (1.0, 3600.0, 1.0e6):
         new = solve(grid, s0, k, jnp.asarray(dt))

@@ -248,7 +248,8 @@ def test_bad_artifacts_are_clear_errors(experiment, tmp_path):
 def test_stability_benchmark_runs_on_quick_artifacts(experiment, tmp_path, capsys):
     models = [experiment / "artifacts" / "replace_online_seed0"]
     out = tmp_path / "stability"
-    argv = ["bench", "stability", "--days", "1", "--scenarios", "heldout", "--truth",
+    # the experiment's evaluation length (2 days): its compiled runs are reused
+    argv = ["bench", "stability", "--days", "2", "--scenarios", "heldout", "--truth",
             str(experiment), "--out", str(out), "--no-progress", "--no-cache"]
     for model in models:
         argv += ["--model", str(model)]

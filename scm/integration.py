@@ -122,7 +122,7 @@ def implicit_diffusion(grid: ColumnGrid, state: State, diffusivity: State, dt,
         rhs[0] = rhs[0] - turn * (wind + start.u + 1j * start.v - 2.0 * geostrophic)
     delta = tridiagonal_solve(tuple(lower), tuple(diag), tuple(upper), tuple(rhs))
     wind = wind + delta[0]
-    solved = {name: x + d for name, x, d in zip(fields, fields.values(), delta[1:], strict=True)}
+    solved = {name: x + d for (name, x), d in zip(fields.items(), delta[1:], strict=True)}
     return State.from_fields({"u": wind.real, "v": wind.imag} | solved)
 
 

@@ -32,6 +32,7 @@ MAX_LEVELS = 4096
 #: Model time between saved outputs that ``build_case`` aims for (s).
 OUTPUT_INTERVAL = 600.0
 DAY = 86400.0
+HOUR = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)

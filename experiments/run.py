@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from experiments.cases import HOUR
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
 from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, rollout
@@ -359,25 +360,6 @@ def case_dataset(case, run: CaseRun) -> xr.Dataset:
     return trajectory_to_dataset(run.trajectory, case.model.grid, attrs)
 
 
-__all__ = [
-    "CaseRun",
-    "DEFAULT_PERTURBATION",
-    "Perturbation",
-    "RunPlan",
-    "case_attributes",
-    "case_dataset",
-    "initial_states",
-    "ensemble_axis",
-    "plan_run",
-    "plan_steps",
-    "run_case",
-    "run_ensemble",
-]
-
-
-HOUR = 3600.0
-
-
 def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt: float,
                    hours: int, *, progress: bool = True, desc: str = "run",
                    bounds: tuple[tuple[str, float, float], ...] | None = None,
@@ -414,3 +396,20 @@ def first_day_rmse(*errors: np.ndarray) -> np.ndarray:
     squared = sum(np.asarray(e)[:, 1:25] ** 2 for e in errors)
     return np.sqrt(squared.mean(axis=(1, 2)))
 
+
+__all__ = [
+    "CaseRun",
+    "DEFAULT_PERTURBATION",
+    "Perturbation",
+    "RunPlan",
+    "case_attributes",
+    "case_dataset",
+    "initial_states",
+    "ensemble_axis",
+    "plan_run",
+    "plan_steps",
+    "first_day_rmse",
+    "run_case",
+    "run_ensemble",
+    "run_from_truth",
+]

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from experiments.cases import DAY, HOUR
 from experiments.run import first_day_rmse, run_from_truth
 from experiments.scenarios import stack_pytrees
 from scm.errors import ConfigurationError, check_range
@@ -55,8 +56,6 @@ from scm.io import write_atomic, write_netcdf
 from scm.model import Model
 from scm.state import State
 
-DAY = 86400.0
-HOUR = 3600.0
 #: The low-level jet is the largest wind speed below this height (m).
 JET_TOP = 1000.0
 #: Fields of the Jacobian (qt is passive in the dry cases).

@@ -60,7 +60,6 @@ MODELS = ("baseline", "replace_offline", "replace_online", "residual_offline",
 COUPLINGS = ("replace", "residual")
 #: The physics scheme the residual network corrects and the baseline uses.
 BASELINE_CLOSURE = "local"
-HOUR = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)

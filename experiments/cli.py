@@ -9,7 +9,8 @@ Usage::
     scm truth [--case diurnal|gabls1|dry_cbl] [--split train|heldout|ood] [--scenarios N]
               [--days D] [--spinup-days D] [--seed S] [--levels N] [--refinement R]
               [--fine-dt S] [--coarse-dt S] --out FILE.nc [--no-progress] [--no-cache]
-    scm experiment turbulence [--quick] [--seeds N] --out DIR [--no-progress] [--no-cache]
+    scm experiment turbulence [--quick] [--seeds N] [--workers N] --out DIR [--no-progress]
+                              [--no-cache]
     scm bench stability [--model PATH ...] [--baseline NAME] [--scenarios heldout|ood|all]
                         [--days N] [--bound FIELD=LOW:HIGH ...] [--truth DIR]
                         [--scenarios-per-set N] [--out DIR]
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "compilation cache)")
     experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
     experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    experiment.add_argument("--workers", type=int, default=2,
+                            help="models trained and evaluated at once, in threads (default 2)")
     add_progress_and_cache_options(experiment)
     experiment.set_defaults(handler=command_experiment)
 
@@ -280,7 +283,7 @@ def command_experiment(args: argparse.Namespace) -> int:
     out = check_output_directory("--out", args.out)
     if args.cache:
         enable_compilation_cache()
-    turbulence.run_experiment(out, config, progress=args.progress)
+    turbulence.run_experiment(out, config, progress=args.progress, workers=args.workers)
     return 0
 
 

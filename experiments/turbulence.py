@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -355,11 +356,17 @@ def plot_scores(summary: dict, path: Path) -> Path:
 
 
 def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
-                   progress: bool = True, log=print) -> dict:
+                   progress: bool = True, log=print, workers: int = 2) -> dict:
     """Run the canonical experiment into ``out``; returns the summary (also written as
     ``summary.json``). Truth files and training checkpoints already in ``out`` are reused, so
-    an interrupted experiment continues where it stopped."""
+    an interrupted experiment continues where it stopped.
+
+    The baseline's evaluation and each (seed, coupling) pair's training and evaluation are
+    independent jobs, run ``workers`` at a time in threads: compiling one job's programs
+    overlaps with another's (compilation dominates the quick configuration; the results do
+    not depend on ``workers``)."""
     config = ExperimentConfig() if config is None else config
+    check_range("workers", workers, 1, 64)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -373,38 +380,49 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
     baseline = cases["train"][0].model
     normalization = Normalization.fit(data.states, baseline.grid)
 
-    scores: dict[str, dict[str, list[dict]]] = {m: {"heldout": [], "ood": []} for m in MODELS}
+    def score(name: str, model: Model) -> dict[str, dict]:
+        return {split: evaluate(model, cases[split], truths[split], config, progress,
+                                desc=f"{name} {split}") for split in ("heldout", "ood")}
+
+    def fit(seed: int, coupling: str) -> dict[str, tuple[dict[str, dict], Path]]:
+        """The offline and online models of one coupling and seed: scores, artifact."""
+        initial = hybrid_model(coupling, baseline, normalization, config, seed)
+        fitted = {}
+        for mode in ("offline", "online"):
+            name = f"{coupling}_{mode}"
+            directory = out / "artifacts" / f"{name}_seed{seed}"
+            result = train(initial, data, config.training(mode, seed),
+                           checkpoint_dir=directory / "checkpoint", progress=progress,
+                           description=f"{name} seed {seed}")
+            write_learning_curve(result.history, directory, "learning_curve")
+            losses = [row["loss"] for row in result.history]
+            save_artifact(directory, neural_part(result.model),
+                          n_levels=config.coarse_levels, slot="turbulence", coupling=coupling,
+                          physics=BASELINE_CLOSURE if coupling == "residual" else None,
+                          metrics={"final_loss": losses[-1], "first_loss": losses[0],
+                                   "iterations": len(losses)},
+                          provenance={"training": config.training(mode, seed).to_dict(),
+                                      "experiment": config.to_dict()})
+            fitted[name] = (score(name, result.model), directory)
+            log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "
+                f"({time.perf_counter() - start:.0f} s)")
+        return fitted
+
+    jobs = [(seed, coupling) for seed in config.seeds for coupling in COUPLINGS]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        baseline_scores = pool.submit(score, "baseline", baseline)
+        jobs = [pool.submit(fit, seed, coupling)
+                for seed in config.seeds for coupling in COUPLINGS]
+        results = [("baseline", baseline_scores.result(), None)] + [
+            (name, by_split, directory)
+            for job in jobs for name, (by_split, directory) in job.result().items()]
+    scores = {m: {"heldout": [], "ood": []} for m in MODELS}
     artifacts: dict[str, str] = {}
-
-    def score(name: str, model: Model) -> None:
-        for split in ("heldout", "ood"):
-            scores[name][split].append(evaluate(model, cases[split], truths[split], config,
-                                                progress, desc=f"{name} {split}"))
-
-    score("baseline", baseline)
-    for seed in config.seeds:
-        for coupling in COUPLINGS:
-            initial = hybrid_model(coupling, baseline, normalization, config, seed)
-            for mode in ("offline", "online"):
-                name = f"{coupling}_{mode}"
-                directory = out / "artifacts" / f"{name}_seed{seed}"
-                result = train(initial, data, config.training(mode, seed),
-                               checkpoint_dir=directory / "checkpoint", progress=progress,
-                               description=f"{name} seed {seed}")
-                write_learning_curve(result.history, directory, "learning_curve")
-                score(name, result.model)
-                losses = [row["loss"] for row in result.history]
-                save_artifact(directory, neural_part(result.model),
-                              n_levels=config.coarse_levels, slot="turbulence",
-                              coupling=coupling,
-                              physics=BASELINE_CLOSURE if coupling == "residual" else None,
-                              metrics={"final_loss": losses[-1], "first_loss": losses[0],
-                                       "iterations": len(losses)},
-                              provenance={"training": config.training(mode, seed).to_dict(),
-                                          "experiment": config.to_dict()})
-                artifacts.setdefault(name, str(directory))
-                log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "
-                    f"({time.perf_counter() - start:.0f} s)")
+    for name, by_split, directory in results:  # in seed order, whatever finished first
+        for split, result in by_split.items():
+            scores[name][split].append(result)
+        if directory is not None:
+            artifacts.setdefault(name, str(directory))
 
     summary = summarize(scores, artifacts)
     record = {"models": summary, "config": config.to_dict(),

@@ -238,6 +238,13 @@ def test_bad_input_exits_2_with_one_clear_line(argv, field, capsys):
     assert stdout == ""
 
 
+def test_experiment_workers_out_of_range_exits_2_before_any_work(capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "experiment", "turbulence", "--quick", "--workers", "0",
+                              "--no-cache", "--out", str(tmp_path / "out"))
+    assert code == 2 and "workers" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_out_of_range_parameter_exits_2_naming_it(capsys):
     assignment, name = _out_of_range_assignment()
     code, _, stderr = run_cli(capsys, "run", "gabls1", "--set", assignment)

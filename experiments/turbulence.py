@@ -410,9 +410,10 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
 
     jobs = [(seed, coupling) for seed in config.seeds for coupling in COUPLINGS]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        baseline_scores = pool.submit(score, "baseline", baseline)
+        # The trainings first: the short baseline evaluation fills the first free worker.
         jobs = [pool.submit(fit, seed, coupling)
                 for seed in config.seeds for coupling in COUPLINGS]
+        baseline_scores = pool.submit(score, "baseline", baseline)
         results = [("baseline", baseline_scores.result(), None)] + [
             (name, by_split, directory)
             for job in jobs for name, (by_split, directory) in job.result().items()]

@@ -408,7 +408,6 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
                 f"({time.perf_counter() - start:.0f} s)")
         return fitted
 
-    jobs = [(seed, coupling) for seed in config.seeds for coupling in COUPLINGS]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # The trainings first: the short baseline evaluation fills the first free worker.
         jobs = [pool.submit(fit, seed, coupling)

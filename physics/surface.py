@@ -238,8 +238,8 @@ def _solve_monotone(residual, target, lower, upper, n_iterations: int):
         return jnp.where(positive, lo, mid), jnp.where(positive, mid, hi)
 
     # A rolled loop: unrolled, its 4 × n_iterations stability-function evaluations were half
-    # of a compiled step's instructions (GABLS1 compile 5.5 s against 3.8 s), and the step ran
-    # no faster at 1024 columns and slower for few (2.6e4 against 4.6e4 column-steps/s for one).
+    # of a compiled step's instructions (GABLS1, one column: compile 5.5 s against 3.8 s),
+    # and it ran no faster at 1024 columns, slower for one (2.6e4 against 4.6e4 steps/s).
     lo, hi = jax.lax.fori_loop(0, n_iterations, bisect,
                                (jax.lax.stop_gradient(lower), jax.lax.stop_gradient(upper)))
     zeta = jax.lax.stop_gradient(0.5 * (lo + hi))

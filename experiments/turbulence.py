@@ -391,7 +391,8 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
         for mode in ("offline", "online"):
             name = f"{coupling}_{mode}"
             directory = out / "artifacts" / f"{name}_seed{seed}"
-            result = train(initial, data, config.training(mode, seed),
+            training = config.training(mode, seed)
+            result = train(initial, data, training,
                            checkpoint_dir=directory / "checkpoint", progress=progress,
                            description=f"{name} seed {seed}")
             write_learning_curve(result.history, directory, "learning_curve")
@@ -401,7 +402,7 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
                           physics=BASELINE_CLOSURE if coupling == "residual" else None,
                           metrics={"final_loss": losses[-1], "first_loss": losses[0],
                                    "iterations": len(losses)},
-                          provenance={"training": config.training(mode, seed).to_dict(),
+                          provenance={"training": training.to_dict(),
                                       "experiment": config.to_dict()})
             fitted[name] = (score(name, result.model), directory)
             log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "

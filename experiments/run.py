@@ -360,13 +360,21 @@ def case_dataset(case, run: CaseRun) -> xr.Dataset:
     return trajectory_to_dataset(run.trajectory, case.model.grid, attrs)
 
 
+def state_only(model: Model, state: State, flux: State, diagnostics: dict):
+    """A ``run_ensemble`` output that keeps the saved states alone: the fluxes and
+    diagnostics at each save (one more evaluation of every scheme) are then never computed,
+    nor compiled."""
+    return state, None, {}
+
+
 def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt: float,
                    hours: int, *, progress: bool = True, desc: str = "run",
                    bounds: tuple[tuple[str, float, float], ...] | None = None,
-                   ) -> tuple[Trajectory, xr.Dataset]:
+                   output: Callable | None = None) -> tuple[Trajectory, xr.Dataset]:
     """Run every scenario of a coarse-grained truth dataset (``experiments.truth``) from its
     first state for ``hours`` hours with steps of ``dt`` (the truth's own spacing), saving
-    hourly; ``models`` and ``forcings`` are stacked per scenario.
+    hourly; ``models`` and ``forcings`` are stacked per scenario; ``output`` as for
+    ``run_ensemble`` (``state_only`` when the fluxes and diagnostics are not wanted).
 
     Returns the trajectory and the truth at the same hourly times, so that errors are
     ``trajectory.state.thl − hourly["theta"]`` and so on.
@@ -385,7 +393,7 @@ def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt
     u, v, theta = (jnp.asarray(hourly[name].values[:, 0], dtype) for name in ("u", "v", "theta"))
     run = run_ensemble(models, forcings, State(u, v, theta, jnp.zeros_like(u)), dt,
                        float(hourly["time"].values[0]), hours * steps_per_hour, steps_per_hour,
-                       progress=progress, desc=desc, bounds=bounds)
+                       progress=progress, desc=desc, bounds=bounds, output=output)
     return run, hourly
 
 
@@ -412,4 +420,5 @@ __all__ = [
     "run_case",
     "run_ensemble",
     "run_from_truth",
+    "state_only",
 ]

@@ -42,7 +42,7 @@ import numpy as np
 import xarray as xr
 
 from experiments.cases import DAY, Case, build_case, turbulence_scheme
-from experiments.run import first_day_rmse, run_from_truth
+from experiments.run import first_day_rmse, run_from_truth, state_only
 from experiments.scenarios import CASE, sample_scenarios, stack_pytrees
 from experiments.truth import check_truth_grid, generate_truth, load_truth
 from nn.artifact import Artifact, load_artifact, save_artifact
@@ -255,7 +255,7 @@ def evaluate(model: Model, cases: list[Case], dataset: xr.Dataset, config: Exper
     forcings = stack_pytrees([c.forcing for c in cases])
     run, hourly = run_from_truth(models, forcings, dataset, config.coarse_dt,
                                  round(config.evaluation_days * 24), progress=progress,
-                                 desc=desc)
+                                 desc=desc, output=state_only)
     state = jax.tree.map(np.asarray, run.state)
     du, dv = state.u - hourly["u"].values, state.v - hourly["v"].values
     theta_truth = hourly["theta"].values
@@ -361,62 +361,75 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
     ``summary.json``). Truth files and training checkpoints already in ``out`` are reused, so
     an interrupted experiment continues where it stopped.
 
-    The baseline's evaluation and each (seed, coupling) pair's training and evaluation are
-    independent jobs, run ``workers`` at a time in threads: compiling one job's programs
-    overlaps with another's (compilation dominates the quick configuration; the results do
-    not depend on ``workers``)."""
+    The baseline's evaluation and each model's training and evaluation (one per seed,
+    coupling and mode) are independent jobs, run ``workers`` at a time in threads: compiling
+    one job's programs overlaps with another's (compilation dominates the quick
+    configuration; the results do not depend on ``workers``)."""
     config = ExperimentConfig() if config is None else config
     check_range("workers", workers, 1, 64)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    truths, cases = {}, {}
-    for split in ("train", "heldout", "ood"):
-        truths[split] = truth_for(split, config, out, progress)
-        cases[split] = coarse_cases(truths[split], config)
-        log(f"truth {split}: {truths[split].sizes['scenario']} scenarios "
+
+    def prepare(split: str) -> tuple[xr.Dataset, list[Case]]:
+        dataset = truth_for(split, config, out, progress)
+        log(f"truth {split}: {dataset.sizes['scenario']} scenarios "
             f"({time.perf_counter() - start:.0f} s)")
-    data = training_data(truths["train"], cases["train"], config)
-    baseline = cases["train"][0].model
-    normalization = Normalization.fit(data.states, baseline.grid)
+        return dataset, coarse_cases(dataset, config)
 
-    def score(name: str, model: Model) -> dict[str, dict]:
-        return {split: evaluate(model, cases[split], truths[split], config, progress,
-                                desc=f"{name} {split}") for split in ("heldout", "ood")}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # The evaluation truth is made while the training data is prepared and the first models
+        # train (its jobs come first, so no job waits for one still queued).
+        prepared = {split: pool.submit(prepare, split) for split in ("train", "heldout", "ood")}
+        train_truth, train_cases = prepared["train"].result()
+        data = training_data(train_truth, train_cases, config)
+        baseline = train_cases[0].model
+        normalization = Normalization.fit(data.states, baseline.grid)
 
-    def fit(seed: int, coupling: str) -> dict[str, tuple[dict[str, dict], Path]]:
-        """The offline and online models of one coupling and seed: scores, artifact."""
-        initial = hybrid_model(coupling, baseline, normalization, config, seed)
-        fitted = {}
-        for mode in ("offline", "online"):
+        def score(name: str, model: Model) -> dict[str, dict]:
+            by_split = {}
+            for split in ("heldout", "ood"):
+                dataset, cases = prepared[split].result()
+                by_split[split] = evaluate(model, cases, dataset, config, progress,
+                                           desc=f"{name} {split}")
+            return by_split
+
+        def fit(seed: int, coupling: str, mode: str) -> tuple[dict[str, dict], Path]:
+            """Train one model from the coupling's untrained hybrid; its scores and artifact."""
             name = f"{coupling}_{mode}"
             directory = out / "artifacts" / f"{name}_seed{seed}"
             training = config.training(mode, seed)
-            result = train(initial, data, training,
-                           checkpoint_dir=directory / "checkpoint", progress=progress,
+            result = train(hybrid_model(coupling, baseline, normalization, config, seed), data,
+                           training, checkpoint_dir=directory / "checkpoint", progress=progress,
                            description=f"{name} seed {seed}")
             write_learning_curve(result.history, directory, "learning_curve")
             losses = [row["loss"] for row in result.history]
-            save_artifact(directory, neural_part(result.model),
-                          n_levels=config.coarse_levels, slot="turbulence", coupling=coupling,
+            save_artifact(directory, neural_part(result.model), n_levels=config.coarse_levels,
+                          slot="turbulence", coupling=coupling,
                           physics=BASELINE_CLOSURE if coupling == "residual" else None,
                           metrics={"final_loss": losses[-1], "first_loss": losses[0],
                                    "iterations": len(losses)},
                           provenance={"training": training.to_dict(),
                                       "experiment": config.to_dict()})
-            fitted[name] = (score(name, result.model), directory)
+            by_split = score(name, result.model)
             log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "
                 f"({time.perf_counter() - start:.0f} s)")
-        return fitted
+            return by_split, directory
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # The trainings first: the short baseline evaluation fills the first free worker.
-        jobs = [pool.submit(fit, seed, coupling)
-                for seed in config.seeds for coupling in COUPLINGS]
-        baseline_scores = pool.submit(score, "baseline", baseline)
+        # The residual online training (the largest program) first, beside the replace models,
+        # so that the workers finish together and tracing (one thread at a time) overlaps with
+        # compiling; offline and online models of a coupling share one compiled evaluation.
+        plan = [(seed, coupling, mode) for seed in config.seeds
+                for coupling, mode in (("residual", "online"), ("replace", "offline"),
+                                       ("replace", "online"), ("residual", "offline"))]
+        jobs = {job: pool.submit(fit, *job) for job in plan}
+        # The untrained residual hybrid is the baseline bit for bit (its correction is exactly
+        # zero), and it shares the residual models' compiled evaluation.
+        untrained = hybrid_model("residual", baseline, normalization, config, config.seeds[0])
+        baseline_scores = pool.submit(score, "baseline", untrained)
         results = [("baseline", baseline_scores.result(), None)] + [
-            (name, by_split, directory)
-            for job in jobs for name, (by_split, directory) in job.result().items()]
+            (f"{coupling}_{mode}", *jobs[seed, coupling, mode].result())
+            for seed in config.seeds for coupling in COUPLINGS for mode in ("offline", "online")]
     scores = {m: {"heldout": [], "ood": []} for m in MODELS}
     artifacts: dict[str, str] = {}
     for name, by_split, directory in results:  # in seed order, whatever finished first

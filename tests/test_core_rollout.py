@@ -10,7 +10,13 @@ import pytest
 
 from scm.errors import ConfigurationError
 from scm.forcing import Forcing, ForcingSeries
-from scm.integration import DEFAULT_BOUNDS, check_state, first_violation, rollout
+from scm.integration import (
+    DEFAULT_BOUNDS,
+    check_state,
+    checkpointed_steps,
+    first_violation,
+    rollout,
+)
 from scm.state import State
 
 NZ, DT = 16, 60.0
@@ -101,6 +107,28 @@ def test_gradient_wrt_scheme_parameter_matches_finite_difference(
     numeric = float(central_difference(perturbed, 1e-5 * p0))
     assert abs(analytic) > 1e-8
     assert analytic == pytest.approx(numeric, rel=1e-6)
+
+
+@pytest.mark.parametrize("n, chunk", [(12, None), (12, 1), (12, 5), (13, 4), (6, 6), (6, 50)])
+def test_checkpointed_steps_equal_a_plain_loop_in_value_and_gradient(n, chunk):
+    """Every chunking (divisor, remainder, one chunk, none) is the same loop, forward and
+    backward."""
+    def step(carry):
+        x, k = carry
+        return jnp.sin(x) * 1.1 + 0.01 * k * x**2, k + 1.0
+
+    def plain(x0):
+        carry = (x0, 0.0)
+        for _ in range(n):
+            carry = step(carry)
+        return jnp.sum(carry[0] ** 2)
+
+    def chunked(x0):
+        return jnp.sum(checkpointed_steps(step, (x0, 0.0), n, chunk)[0] ** 2)
+
+    x0 = jnp.linspace(-1.0, 1.0, 5)
+    np.testing.assert_allclose(chunked(x0), plain(x0), rtol=1e-13)
+    np.testing.assert_allclose(jax.grad(chunked)(x0), jax.grad(plain)(x0), rtol=1e-12)
 
 
 def test_vmap_over_columns_equals_single_columns(kit, setup):

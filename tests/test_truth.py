@@ -21,7 +21,7 @@ import xarray as xr
 from experiments import truth
 from experiments.cases import build_case, case_parameters
 from experiments.cli import main
-from experiments.run import run_ensemble
+from experiments.run import run_ensemble, state_only
 from experiments.scenarios import (
     CASES,
     FAMILIES,
@@ -254,6 +254,10 @@ def test_run_ensemble_vmap_equals_per_column(kit):
     for i, (_, f, s) in enumerate(columns):
         alone = kit.run(columns[0][0], s, f, 600.0, 12, 2, t0=1200.0)
         np.testing.assert_allclose(shared.state.thl[i], alone.state.thl, rtol=1e-12)
+    states_only = run_ensemble(models, forcings, states, *args, progress=False,
+                               output=state_only)
+    assert states_only.flux is None and states_only.diagnostics == {}
+    jax.tree.map(np.testing.assert_array_equal, states_only.state, together.state)
     with pytest.raises(ConfigurationError, match="models"):
         run_ensemble(stack_pytrees([columns[0][0]] * 2), forcings, states, *args,
                      progress=False)

@@ -68,8 +68,6 @@ from scm.state import State
 
 #: Fields in the losses (the dry boundary layer: potential temperature and wind).
 LOSS_FIELDS: tuple[str, ...] = ("thl", "u", "v")
-#: Online rollouts of at most this many steps are not checkpointed (``rollout_error``).
-UNCHECKPOINTED_STEPS = 4
 #: Smallest normalization scale (units of the field): a constant field does not divide by 0.
 MIN_SCALE = 1.0e-6
 
@@ -144,9 +142,7 @@ def rollout_error(model: Model, state0: State, forcing: ForcingSeries, target_at
     The error is summed inside the checkpointed step loop and each target is fetched when its
     step is taken, so the gradient's memory grows far slower than K. Chunks of ∛K steps:
     a step's residuals are about 16× its carry here (measured in ``benchmarks/training.py``),
-    so short chunks and many stored carries use the least memory. Rollouts of at most
-    ``UNCHECKPOINTED_STEPS`` steps keep every step's residuals: checkpointing them would save
-    little memory and cost a recomputation (a third more time, and compiling).
+    so short chunks and many stored carries use the least memory.
     """
     solver, term = SemiImplicitEuler(), ColumnTerm(model, forcing)
     dtype = state0.thl.dtype
@@ -161,8 +157,7 @@ def rollout_error(model: Model, state0: State, forcing: ForcingSeries, target_at
 
     carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype),
               jnp.asarray(-1, jnp.int32), jnp.zeros((), dtype))
-    chunk = n_steps if n_steps <= UNCHECKPOINTED_STEPS else round(n_steps ** (1.0 / 3.0))
-    carry = checkpointed_steps(step, carry0, n_steps, chunk)
+    carry = checkpointed_steps(step, carry0, n_steps, chunk=round(n_steps ** (1.0 / 3.0)))
     return carry[4] / n_steps, carry[2]
 
 

@@ -227,8 +227,6 @@ def checkpointed_steps(step, carry, n: int, chunk: int | None = None):
 
     The chunk is a divisor of n near the target, so the step is traced and compiled once; when
     n has none (a prime, say), chunks of the target length plus a remainder are used instead.
-    A single chunk (``chunk >= n``) is a plain loop: checkpointing it would store no less and
-    still recompute it.
     """
     target = max(1, min(n, math.isqrt(n) if chunk is None else int(chunk)))
     inner = max(d for d in range(1, target + 1) if n % d == 0)
@@ -239,8 +237,6 @@ def checkpointed_steps(step, carry, n: int, chunk: int | None = None):
     def repeat(c, length):
         return jax.lax.scan(lambda c, _: (step(c), None), c, None, length=length)[0]
 
-    if inner == n:
-        return repeat(carry, n)
     chunk = jax.checkpoint(lambda c, _: (repeat(c, inner), None))
     carry = jax.lax.scan(chunk, carry, None, length=outer)[0]
     return repeat(carry, remainder) if remainder else carry
@@ -286,19 +282,15 @@ def rollout(
         diagnostics["boundary_layer_height"] = boundary_layer_height(grid, flux.u, flux.v)
         return t, state, flux, diagnostics
 
-    n_saves = n_steps // save_every + 1
-
-    def save_then_advance(carry, index):
-        # The physics is traced twice per program (save, step) rather than three times (a
-        # separate first save): XLA compiles every call site's kernels anew.
-        saved = save(carry[0], carry[1])
-        carry = jax.lax.cond(index < n_saves - 1,
-                             lambda c: checkpointed_steps(step, c, save_every),
-                             lambda c: c, carry)
-        return carry, saved
+    def save_interval(carry, _):
+        carry = checkpointed_steps(step, carry, save_every)
+        return carry, save(carry[0], carry[1])
 
     carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(failed_at, dtype),
               jnp.asarray(failed_level, jnp.int32))
-    carry, (time, state, flux, diagnostics) = jax.lax.scan(
-        save_then_advance, carry0, jnp.arange(n_saves))
+    carry, saved = jax.lax.scan(save_interval, carry0, None, length=n_steps // save_every)
+    first = save(state0, carry0[1])
+    time, state, flux, diagnostics = jax.tree.map(
+        lambda a, b: jnp.concatenate([a[None], b]), first, saved
+    )
     return Trajectory(time, state, flux, diagnostics, carry[2], carry[3])

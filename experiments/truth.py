@@ -205,6 +205,10 @@ class TruthPlan(NamedTuple):
     n_spinup_saves: int
     n_saves: int
 
+    def kept_times(self, coarse_dt: float) -> np.ndarray:
+        """The times the truth file holds (s since the case's start)."""
+        return (self.n_spinup_saves + np.arange(self.n_saves + 1)) * float(coarse_dt)
+
 
 def truth_length(case: str = CASE, days: float | None = None,
                  spinup_days: float | None = None) -> tuple[float, float]:
@@ -302,7 +306,7 @@ def generate_truth(
                               plan.save_every, progress=progress, desc="truth",
                               output=CoarseGraining(int(refinement)))
     keep = slice(plan.n_spinup_saves, None)
-    times = (plan.n_spinup_saves + np.arange(plan.n_saves + 1)) * float(coarse_dt)
+    times = plan.kept_times(coarse_dt)
     saved = np.asarray(trajectory.time[0, keep], dtype=float)
     if saved.shape != times.shape or not np.allclose(saved, times, rtol=1.0e-5, atol=1.0):
         raise RuntimeError("saved times do not follow the truth plan")  # a bug, not bad input

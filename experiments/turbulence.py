@@ -44,7 +44,7 @@ import xarray as xr
 from experiments.cases import DAY, Case, build_case, turbulence_scheme
 from experiments.run import first_day_rmse, run_from_truth, state_only
 from experiments.scenarios import CASE, sample_scenarios, stack_pytrees
-from experiments.truth import check_truth_grid, generate_truth, load_truth
+from experiments.truth import check_truth_grid, generate_truth, load_truth, truth_plan
 from nn.artifact import Artifact, load_artifact, save_artifact
 from nn.features import Normalization
 from nn.heads import DiffusivityHead, FluxHead
@@ -124,24 +124,38 @@ class ExperimentConfig:
 # truth and the coarse model
 
 
+def n_scenarios(split: str, config: ExperimentConfig) -> int:
+    return {"train": config.train_scenarios, "heldout": config.heldout_scenarios,
+            "ood": config.ood_scenarios}[split]
+
+
+def split_scenarios(split: str, config: ExperimentConfig) -> list[dict[str, float]]:
+    """The case parameters of a split's scenarios (drawn before any truth is made)."""
+    return sample_scenarios(split, n_scenarios(split, config), config.scenario_seed)
+
+
+def truth_settings(split: str, config: ExperimentConfig) -> dict:
+    """``generate_truth``'s (and ``truth_plan``'s) grid and time settings for a split."""
+    days = config.train_days if split == "train" else config.evaluation_days
+    return dict(coarse_levels=config.coarse_levels, refinement=config.refinement,
+                fine_dt=config.fine_dt, coarse_dt=config.coarse_dt,
+                days=config.spinup_days + days, spinup_days=config.spinup_days)
+
+
 def truth_for(split: str, config: ExperimentConfig, directory: Path,
               progress: bool) -> xr.Dataset:
     """The truth of one split, from ``directory/truth_<split>.nc`` if it was made with the
     same settings and package version, else generated and written there."""
-    n = {"train": config.train_scenarios, "heldout": config.heldout_scenarios,
-         "ood": config.ood_scenarios}[split]
-    days = config.train_days if split == "train" else config.evaluation_days
-    settings = dict(coarse_levels=config.coarse_levels, refinement=config.refinement,
-                    fine_dt=config.fine_dt, coarse_dt=config.coarse_dt,
-                    days=config.spinup_days + days, spinup_days=config.spinup_days)
+    settings = truth_settings(split, config)
     path = directory / f"truth_{split}.nc"
-    signature = json.dumps({"split": split, "n": n, "seed": config.scenario_seed,
-                            "version": package_version(), **settings}, sort_keys=True)
+    signature = json.dumps({"split": split, "n": n_scenarios(split, config),
+                            "seed": config.scenario_seed, "version": package_version(),
+                            **settings}, sort_keys=True)
     if path.exists():
         dataset = load_truth(path)
         if dataset.attrs.get("experiment_signature") == signature:
             return dataset
-    parameters = sample_scenarios(split, n, config.scenario_seed)
+    parameters = split_scenarios(split, config)
     dataset = generate_truth(parameters, progress=progress, split=split,
                              seed=config.scenario_seed, **settings)
     dataset.attrs["experiment_signature"] = signature
@@ -160,10 +174,15 @@ def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
 def coarse_cases(dataset: xr.Dataset, config: ExperimentConfig) -> list[Case]:
     """The baseline coarse case of every scenario of a truth dataset (``ConfigurationError``
     if the truth is not on the coarse model's grid)."""
-    cases = [build_case(CASE, levels=config.coarse_levels, dt=config.coarse_dt, hours=24.0,
-                        turbulence=BASELINE_CLOSURE, **p) for p in scenario_parameters(dataset)]
+    cases = cases_of(scenario_parameters(dataset), config)
     check_truth_grid(dataset, cases[0].model.grid, dataset.attrs.get("split", "dataset"))
     return cases
+
+
+def cases_of(parameters: list[dict[str, float]], config: ExperimentConfig) -> list[Case]:
+    """The baseline coarse case of each scenario."""
+    return [build_case(CASE, levels=config.coarse_levels, dt=config.coarse_dt, hours=24.0,
+                       turbulence=BASELINE_CLOSURE, **p) for p in parameters]
 
 
 def truth_states(dataset: xr.Dataset, template: State,
@@ -184,6 +203,26 @@ def training_data(dataset: xr.Dataset, cases: list[Case], config: ExperimentConf
                         truth_states(dataset, template, ("uw", "vw", "heat_flux")),
                         jnp.asarray(dataset["time"].values, template.u.dtype),
                         config.coarse_dt)
+
+
+def stand_in_training_data(cases: list[Case], config: ExperimentConfig) -> TrainingData:
+    """Training data of the training truth's shapes, dtypes and structure
+    (``training_data``), made without the truth: every time holds the scenario's initial
+    state and every flux is zero. A compiled training step depends on nothing else, so steps
+    compiled on it are ready when the truth is (``run_experiment``)."""
+    times = truth_plan(**truth_settings("train", config)).kept_times(config.coarse_dt)
+    template = cases[0].state0
+
+    def held(name: str) -> jax.Array:
+        profiles = jnp.stack([getattr(c.state0, name) for c in cases])[:, None]
+        return jnp.broadcast_to(profiles, (len(cases), times.size, profiles.shape[-1]))
+
+    zeros = jnp.zeros((len(cases), times.size, template.u.shape[0] + 1), template.u.dtype)
+    return TrainingData(stack_pytrees([c.model.grid for c in cases]),
+                        stack_pytrees([c.forcing for c in cases]),
+                        State(held("u"), held("v"), held("thl"), jnp.zeros_like(held("u"))),
+                        State(zeros, zeros, zeros, zeros),
+                        jnp.asarray(times, template.u.dtype), config.coarse_dt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +403,8 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
     The baseline's evaluation and each model's training and evaluation (one per seed,
     coupling and mode) are independent jobs, run ``workers`` at a time in threads: compiling
     one job's programs overlaps with another's (compilation dominates the quick
-    configuration; the results do not depend on ``workers``)."""
+    configuration; the results do not depend on ``workers``). The training steps are
+    compiled on stand-in data (``stand_in_training_data``) while the truth is made."""
     config = ExperimentConfig() if config is None else config
     check_range("workers", workers, 1, 64)
     out = Path(out)
@@ -377,10 +417,28 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
             f"({time.perf_counter() - start:.0f} s)")
         return dataset, coarse_cases(dataset, config)
 
+    def compile_training(coupling: str, mode: str, stand_in: TrainingData,
+                         stand_in_baseline: Model) -> None:
+        """One iteration on stand-in data, for its side effect: the model's training step
+        is compiled (and cached) before the truth exists; every seed's training reuses it."""
+        normalization = Normalization.fit(stand_in.states, stand_in_baseline.grid)
+        seed = config.seeds[0]
+        train(hybrid_model(coupling, stand_in_baseline, normalization, config, seed),
+              stand_in, config.training(mode, seed), progress=False, stop_after=1)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        # The evaluation truth is made while the training data is prepared and the first models
-        # train (its jobs come first, so no job waits for one still queued).
-        prepared = {split: pool.submit(prepare, split) for split in ("train", "heldout", "ood")}
+        # Compiling the training steps needs only the data's shapes, so it overlaps with
+        # making the truth (quick mode: about 10 s less); the largest program, the
+        # residual online step, starts first. The evaluation truth is made while the
+        # training data is prepared. Jobs are queued in the order they can start.
+        prepared = {"train": pool.submit(prepare, "train")}
+        stand_in_cases = cases_of(split_scenarios("train", config), config)
+        stand_in = (stand_in_training_data(stand_in_cases, config), stand_in_cases[0].model)
+        compiled = [pool.submit(compile_training, "residual", "online", *stand_in)]
+        prepared |= {split: pool.submit(prepare, split) for split in ("heldout", "ood")}
+        compiled += [pool.submit(compile_training, coupling, mode, *stand_in)
+                     for coupling, mode in (("replace", "online"), ("residual", "offline"),
+                                            ("replace", "offline"))]
         train_truth, train_cases = prepared["train"].result()
         data = training_data(train_truth, train_cases, config)
         baseline = train_cases[0].model
@@ -427,6 +485,8 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
         # zero), and it shares the residual models' compiled evaluation.
         untrained = hybrid_model("residual", baseline, normalization, config, config.seeds[0])
         baseline_scores = pool.submit(score, "baseline", untrained)
+        for job in compiled:
+            job.result()  # raises what it raised
         results = [("baseline", baseline_scores.result(), None)] + [
             (f"{coupling}_{mode}", *jobs[seed, coupling, mode].result())
             for seed in config.seeds for coupling in COUPLINGS for mode in ("offline", "online")]

@@ -24,10 +24,13 @@ from experiments.truth import load_truth
 from experiments.turbulence import (
     MODELS,
     ExperimentConfig,
+    cases_of,
     coarse_cases,
     hybrid_model,
     install_artifact,
     load_artifact_case,
+    split_scenarios,
+    stand_in_training_data,
     training_data,
 )
 from nn.artifact import load_artifact, save_artifact
@@ -57,6 +60,22 @@ def setup(experiment):
     data = training_data(dataset, cases, QUICK)
     normalization = Normalization.fit(data.states, cases[0].model.grid)
     return data, cases, normalization
+
+
+def test_stand_in_training_data_has_the_truths_shapes_and_structure(setup):
+    """The experiment compiles its training steps on stand-in data before the truth exists:
+    they are the programs its training uses only if every shape, dtype and static field is
+    the same (the baseline model's too)."""
+    data, cases, _ = setup
+    stand_in_cases = cases_of(split_scenarios("train", QUICK), QUICK)
+    stand_in = stand_in_training_data(stand_in_cases, QUICK)
+
+    def signature(tree):
+        return jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)]
+
+    assert signature(stand_in) == signature(data)
+    assert signature(stand_in_cases[0].model) == signature(cases[0].model)
+    np.testing.assert_array_equal(stand_in.times, data.times)
 
 
 def config(**changes) -> TrainingConfig:

@@ -125,6 +125,7 @@ class ExperimentConfig:
 
 
 def n_scenarios(split: str, config: ExperimentConfig) -> int:
+    """How many scenarios a split ("train", "heldout" or "ood") has."""
     return {"train": config.train_scenarios, "heldout": config.heldout_scenarios,
             "ood": config.ood_scenarios}[split]
 
@@ -217,10 +218,11 @@ def stand_in_training_data(cases: list[Case], config: ExperimentConfig) -> Train
         profiles = jnp.stack([getattr(c.state0, name) for c in cases])[:, None]
         return jnp.broadcast_to(profiles, (len(cases), times.size, profiles.shape[-1]))
 
+    u = held("u")
     zeros = jnp.zeros((len(cases), times.size, template.u.shape[0] + 1), template.u.dtype)
     return TrainingData(stack_pytrees([c.model.grid for c in cases]),
                         stack_pytrees([c.forcing for c in cases]),
-                        State(held("u"), held("v"), held("thl"), jnp.zeros_like(held("u"))),
+                        State(u, held("v"), held("thl"), jnp.zeros_like(u)),
                         State(zeros, zeros, zeros, zeros),
                         jnp.asarray(times, template.u.dtype), config.coarse_dt)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from scm.figures import new_figure, save_figure
 
 #: Short axis labels; the units always come from the dataset's attributes.
 SHORT_LABELS: dict[str, str] = {
@@ -28,25 +28,11 @@ SHORT_LABELS: dict[str, str] = {
     "boundary_layer_height": "boundary-layer height",
 }
 
-DPI = 110
-
 
 def label(dataset: xr.Dataset, name: str) -> str:
     """Axis label: short name and units, e.g. ``θ (K)``."""
     units = dataset[name].attrs.get("units", "1")
     return f"{SHORT_LABELS.get(name, name)} ({units})"
-
-
-def new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
-    figure = Figure(figsize=(width * n_panels, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, n_panels, squeeze=False)[0]
-    return figure, list(axes)
-
-
-def save_figure(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
-    return path
 
 
 def _hours(dataset: xr.Dataset) -> np.ndarray:

@@ -500,7 +500,7 @@ def markdown_report(summary: dict, baseline_name: str, config: StabilityConfig,
 
 def plot_results(results: dict, out: Path) -> list[Path]:
     """Survival curves, RMSE against lead time, bias profiles, Jacobian spectra."""
-    from experiments.plots import new_figure, save_figure
+    from scm.figures import new_figure, save_figure
 
     paths = []
     splits = list(next(iter(results.values())))

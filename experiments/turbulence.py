@@ -374,7 +374,7 @@ def markdown_table(summary: dict, config: ExperimentConfig) -> str:
 
 def plot_scores(summary: dict, path: Path) -> Path:
     """Bars of the 24 h RMSE of θ and wind per model, held-out beside OOD, seed spread."""
-    from experiments.plots import new_figure, save_figure
+    from scm.figures import new_figure, save_figure
 
     names = list(summary)
     figure, axes = new_figure(2, width=5.0, height=3.6)

@@ -374,11 +374,8 @@ def train(model: Model, data: TrainingData, config: TrainingConfig, *,
 def write_learning_curve(history: list[dict], directory: str | os.PathLike,
                          name: str = "learning_curve") -> list[Path]:
     """``name.csv``, ``name.json`` and ``name.png`` (loss against iteration, log scale, the
-    curriculum stages marked) in ``directory``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    curriculum stages marked) in ``directory``. Safe to call from several threads at once."""
+    from scm.figures import new_figure, save_figure
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -388,7 +385,7 @@ def write_learning_curve(history: list[dict], directory: str | os.PathLike,
     lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in history]
     write_atomic(paths[0], lambda path: path.write_text("\n".join(lines) + "\n"))
     write_atomic(paths[1], lambda path: path.write_text(json.dumps(history)))
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, (axis,) = new_figure(1, width=6, height=3.5)
     iterations = [row["iteration"] for row in history]
     losses = [row["loss"] if math.isfinite(row["loss"]) else np.nan for row in history]
     axis.semilogy(iterations, losses, lw=0.8)
@@ -400,9 +397,7 @@ def write_learning_curve(history: list[dict], directory: str | os.PathLike,
     axis.set_xlabel("iteration")
     axis.set_ylabel("normalized loss (1)")
     axis.set_title(name.replace("_", " "))
-    figure.tight_layout()
-    figure.savefig(paths[2], dpi=110)
-    plt.close(figure)
+    save_figure(figure, paths[2])
     return paths
 
 

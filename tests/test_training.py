@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -36,7 +37,14 @@ from experiments.turbulence import (
 from nn.artifact import load_artifact, save_artifact
 from nn.features import Normalization
 from nn.parameterization import trainable_filter
-from nn.training import TrainingConfig, TrainingData, draw, online_loss, train
+from nn.training import (
+    TrainingConfig,
+    TrainingData,
+    draw,
+    online_loss,
+    train,
+    write_learning_curve,
+)
 from scm.errors import ConfigurationError
 from scm.io import read_netcdf
 
@@ -105,6 +113,20 @@ def test_quick_experiment_writes_summary_table_plots_and_artifacts(experiment):
     assert rows[0].startswith("iteration,") and len(rows) == 1 + sum(
         n for _, n in QUICK.curriculum)
     assert "baseline" in (experiment / "summary.md").read_text()
+
+
+def test_learning_curves_can_be_written_from_several_threads_at_once(tmp_path):
+    # The experiment writes them from its worker threads; matplotlib's mathtext parser (the
+    # log axis's tick labels) is shared by all figures, and two drawn at once used to crash.
+    history = [{"iteration": i, "stage": i // 5, "rollout_steps": 1 + i // 5,
+                "loss": 10.0 ** (-i / 5), "masked_columns": 0, "seconds": 0.1}
+               for i in range(15)]
+    with ThreadPoolExecutor(4) as pool:
+        written = list(pool.map(lambda k: write_learning_curve(history, tmp_path / str(k)),
+                                range(8)))
+    for csv, _, png in written:
+        assert len(csv.read_text().splitlines()) == 1 + len(history)
+        assert png.read_bytes().startswith(b"\x89PNG")
 
 
 # ------------------------------------------------------------------ training

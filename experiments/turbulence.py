@@ -99,7 +99,7 @@ class ExperimentConfig:
 
     @classmethod
     def quick(cls) -> ExperimentConfig:
-        """A small version of everything (65–80 s on two CPU cores, 40–50 s when the
+        """A small version of everything (65–85 s on two CPU cores, 40–50 s when the
         compilation cache is warm): for tests and for trying the pipeline, not for
         conclusions. Training and evaluation truth are equally long, so that all three are
         made by one compiled program."""

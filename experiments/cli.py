@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scores them against the physics baseline (see experiments/turbulence.py).")
     experiment.add_argument("name", metavar="NAME", help="experiment: turbulence")
     experiment.add_argument("--quick", action="store_true",
-                            help="a small version of everything (65-85 s, 40-50 s with a "
+                            help="a small version of everything (about 50 s, 45 s with a "
                                  "warm compilation cache)")
     experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
     experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")

@@ -31,6 +31,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from experiments.cases import HOUR
+from scm.compilation import filter_jit
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
 from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, rollout
@@ -161,7 +162,7 @@ def _perturbed_states(state0: State, z, key, n_columns: int, perturbation: Pertu
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state0, members)
 
 
-@eqx.filter_jit
+@filter_jit
 def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, failed_level,
              t0, dt, n_steps: int, save_every: int, model_axis: int | None,
              forcing_axis: int | None, output: Callable | None, bounds: tuple):

@@ -52,6 +52,7 @@ import optax
 from tqdm.auto import tqdm
 
 from nn.parameterization import trainable_filter
+from scm.compilation import filter_jit
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
 from scm.grid import ColumnGrid
@@ -262,7 +263,7 @@ def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTran
     return optax.apply_if_finite(inner, max_consecutive_errors=1_000_000)
 
 
-@eqx.filter_jit
+@filter_jit
 def _train_step(params, static, opt_state, optimizer, data, key, n_steps, config_static,
                 scales, bounds):
     mode, batch_size, slot = config_static

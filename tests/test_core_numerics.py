@@ -1,6 +1,9 @@
-"""Core building blocks: tridiagonal solve, grid, reference state, forcing series, slots."""
+"""Core building blocks: tridiagonal solve, grid, reference state, forcing series, slots,
+compilation settings."""
 
 from __future__ import annotations
+
+import threading
 
 import equinox as eqx
 import jax
@@ -8,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scm.compilation import compile_time_first, filter_jit
 from scm.constants import DRY_AIR_GAS_CONSTANT, GRAVITY
 from scm.errors import ConfigurationError
 from scm.forcing import Forcing, ForcingSeries
@@ -259,3 +263,51 @@ def test_model_slots_add_and_unknown_slot_is_rejected(kit):
     np.testing.assert_allclose(doubled.tendency.thl, total.tendency.thl)  # forcing, once
     np.testing.assert_allclose(total.tendency.thl, 1e-4 * np.ones(10))
     assert m.with_slot("large_scale", None).large_scale is None and m.large_scale is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# compilation settings
+
+
+def test_compile_time_first_compiles_its_own_programs_in_every_thread(rng):
+    """Inside ``compile_time_first`` (from any thread) a ``filter_jit`` function is compiled with
+    other options, once, and returns the same values to round-off; outside, the default
+    program is used. Which program a call used shows in whether the other setting compiles."""
+    compiles = []
+
+    def count(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    def compiles_in(call):
+        before = len(compiles)
+        result = call()
+        return len(compiles) - before, result
+
+    def new_solve():
+        return filter_jit(lambda a, b, c, d: jnp.exp(-tridiagonal_solve(a, b, c, d)))
+
+    system = random_system(rng)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        solve = new_solve()
+        assert compiles_in(lambda: solve(*system))[0] == 1
+        with compile_time_first():
+            assert compiles_in(lambda: solve(*system))[0] >= 1  # (+ a check of the options)
+            n, first = compiles_in(lambda: solve(*system))
+            assert n == 0
+            in_thread, results = new_solve(), []
+            worker = threading.Thread(target=lambda: results.append(in_thread(*system)))
+            worker.start()
+            worker.join()
+            disabled = new_solve()
+            with compile_time_first(enabled=False):  # leaves the setting as it was
+                assert compiles_in(lambda: disabled(*system))[0] == 1
+            assert compiles_in(lambda: disabled(*system))[0] == 0
+        assert compiles_in(lambda: in_thread(*system))[0] == 1  # the thread's was the other
+        n, default = compiles_in(lambda: solve(*system))
+        assert n == 0
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    np.testing.assert_allclose(first, default, rtol=1e-13)
+    np.testing.assert_allclose(results[0], default, rtol=1e-13)

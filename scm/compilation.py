@@ -76,18 +76,17 @@ def filter_jit(fun: Callable) -> Callable:
     """``eqx.filter_jit(fun)``, compiled with ``COMPILE_TIME_OPTIONS`` when called inside
     ``compile_time_first`` (each setting keeps its own compiled programs)."""
     for_run_time = eqx.filter_jit(fun)
-    for_compile_time = []  # made on first use (it needs the backend), once for all threads
 
-    def compiled_for_compile_time():
-        with _lock:
-            if not for_compile_time:
-                options = dict(_compile_time_options())
-                for_compile_time.append(eqx.filter_jit(fun, compiler_options=options)
-                                        if options else for_run_time)
-        return for_compile_time[0]
+    @functools.cache  # made on first use, since the options' check needs the backend
+    def for_compile_time():
+        options = dict(_compile_time_options())
+        return eqx.filter_jit(fun, compiler_options=options) if options else for_run_time
 
     def current():
-        return compiled_for_compile_time() if _active else for_run_time
+        if not _active:
+            return for_run_time
+        with _lock:  # one program for all threads, even when they start at once
+            return for_compile_time()
 
     @functools.wraps(fun)
     def call(*args, **kwargs):

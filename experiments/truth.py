@@ -180,14 +180,14 @@ def coarse_grain(fine_grid: ColumnGrid, centres, interfaces, refinement: int):
 
 class CoarseGraining(eqx.Module):
     """What ``run_ensemble`` keeps of a truth run: state and fluxes coarse-grained onto every
-    ``refinement``-th interface of the column's own grid, diagnostics (scalar time series of
-    the fine run) as they are."""
+    ``refinement``-th interface of the column's own grid, the scalar diagnostics (time series
+    of the fine run) as they are; profile diagnostics are left out."""
 
     refinement: int = eqx.field(static=True)
 
     def __call__(self, model: Model, state: State, flux: State, diagnostics: dict):
         centres, interfaces = coarse_grain(model.grid, state, flux, self.refinement)
-        return centres, interfaces, diagnostics
+        return centres, interfaces, {n: d for n, d in diagnostics.items() if d.ndim == 0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from physics.thermodynamics import (
+    clear_air_coefficients,
+    saturation_adjustment,
+    saturation_specific_humidity,
+    virtual_potential_temperature,
+)
 from scm.constants import GRAVITY, KAPPA, REFERENCE_PRESSURE, VON_KARMAN
 from scm.errors import check_choice, check_positive, check_range
 from scm.forcing import Forcing
@@ -26,8 +32,6 @@ from scm.state import State, as_float
 
 #: Wind speeds below this (m/s) are raised to it: a calm surface layer still exchanges heat.
 MIN_WIND_SPEED = 0.1
-#: ε in θv = θ (1 + ε q) (Rv/Rd − 1).
-VIRTUAL_COEFFICIENT = 0.608
 #: Bound on |L|^-1 (1/m) for the reported Obukhov length (|L| ≥ 1e5 m counts as neutral).
 _MIN_INVERSE_OBUKHOV = 1.0e-5
 
@@ -35,15 +39,17 @@ _MIN_INVERSE_OBUKHOV = 1.0e-5
 class SurfaceFluxes(eqx.Module):
     """Surface exchange of one column (all scalars, kinematic, upward positive).
 
-    ``ustar`` friction velocity (m/s); ``heat_flux`` w'θ' (K m/s); ``moisture_flux`` w'q'
+    ``ustar`` friction velocity (m/s); ``heat_flux`` w'θl' (K m/s); ``moisture_flux`` w'qt'
     (kg/kg m/s); ``drag`` = u*²/|U1| (m/s), so the stress is −drag (u1, v1);
-    ``obukhov_length`` L = −u*³ θv / (κ g w'θv') (m; ±1e5 m bounds the neutral limit).
+    ``buoyancy_flux`` w'θv' (K m/s, from ``surface_buoyancy_flux``); ``obukhov_length``
+    L = −u*³ θv / (κ g w'θv') (m; ±1e5 m bounds the neutral limit).
     """
 
     ustar: Float[Array, ""]
     heat_flux: Float[Array, ""]
     moisture_flux: Float[Array, ""]
     drag: Float[Array, ""]
+    buoyancy_flux: Float[Array, ""]
     obukhov_length: Float[Array, ""]
 
 
@@ -69,9 +75,28 @@ def obukhov_length(ustar, buoyancy_flux, theta_v) -> Float[Array, ""]:
     return 1.0 / inverse
 
 
-def virtual_potential_temperature(state: State) -> Float[Array, " z"]:
-    """θv = θl (1 + 0.608 qt): exact when the air is unsaturated (the dry cases)."""
-    return state.thl * (1.0 + VIRTUAL_COEFFICIENT * state.qt)
+def lowest_level_theta_v(state: State, grid: ColumnGrid) -> Float[Array, ""]:
+    """θv (K) of the lowest level, its liquid included (``physics.thermodynamics``)."""
+    thl, qt, exner = state.thl[0], state.qt[0], grid.exner[0]
+    _, liquid = saturation_adjustment(thl, qt, grid.pressure[0], exner)
+    return virtual_potential_temperature(thl, qt, liquid, exner)
+
+
+def surface_buoyancy_flux(heat_flux, moisture_flux, state: State) -> Float[Array, ""]:
+    """w'θv' = A w'θl' + B w'qt' at the surface with the clear-air coefficients of the lowest
+    level (``physics.thermodynamics.clear_air_coefficients``)."""
+    a, b = clear_air_coefficients(state.thl[0], state.qt[0])
+    return a * heat_flux + b * moisture_flux
+
+
+def surface_fluxes(ustar, heat_flux, moisture_flux, drag, state: State, grid: ColumnGrid,
+                   min_ustar: float = 0.0) -> SurfaceFluxes:
+    """``SurfaceFluxes`` with the buoyancy flux and the Obukhov length completed (the latter
+    from max(u*, ``min_ustar``))."""
+    buoyancy_flux = surface_buoyancy_flux(heat_flux, moisture_flux, state)
+    length = obukhov_length(jnp.maximum(ustar, min_ustar), buoyancy_flux,
+                            lowest_level_theta_v(state, grid))
+    return SurfaceFluxes(ustar, heat_flux, moisture_flux, drag, buoyancy_flux, length)
 
 
 class MoninObukhovSurface(AbstractSurfaceLayer):
@@ -175,7 +200,7 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
     def fluxes(self, state: State, forcing: Forcing, grid: ColumnGrid) -> SurfaceFluxes:
         z1 = grid.z[0]
         speed = wind_speed(state)
-        theta_v = virtual_potential_temperature(state)[0]
+        theta_v = lowest_level_theta_v(state, grid)
         moisture_flux = forcing.surface_moisture_flux
         if self.heat_boundary == "temperature":
             theta_s = forcing.surface_temperature
@@ -194,7 +219,7 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
             heat_flux = -ustar * VON_KARMAN * delta / fh
         else:
             heat_flux = forcing.surface_heat_flux
-            buoyancy_flux = heat_flux + VIRTUAL_COEFFICIENT * state.thl[0] * moisture_flux
+            buoyancy_flux = surface_buoyancy_flux(heat_flux, moisture_flux, state)
             scale = GRAVITY * z1 * buoyancy_flux / (theta_v * VON_KARMAN**2 * speed**3)
 
             def residual(zeta, q):
@@ -209,14 +234,7 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
             zeta = _solve_monotone(residual, scale, -self.zeta_min, upper, self.n_iterations)
             fm, _ = self.profile_integrals(zeta, z1)
             ustar = VON_KARMAN * speed / fm
-        buoyancy_flux = heat_flux + VIRTUAL_COEFFICIENT * state.thl[0] * moisture_flux
-        return SurfaceFluxes(
-            ustar=ustar,
-            heat_flux=heat_flux,
-            moisture_flux=moisture_flux,
-            drag=ustar**2 / speed,
-            obukhov_length=obukhov_length(ustar, buoyancy_flux, theta_v),
-        )
+        return surface_fluxes(ustar, heat_flux, moisture_flux, ustar**2 / speed, state, grid)
 
 
 def _solve_monotone(residual, target, lower, upper, n_iterations: int):
@@ -284,34 +302,33 @@ class BulkSurface(AbstractSurfaceLayer):
         theta_s = forcing.surface_temperature
         surface_pressure = grid.pressure_interface[0]
         temperature = theta_s * (surface_pressure / REFERENCE_PRESSURE) ** KAPPA
-        q_s = saturation_specific_humidity(temperature, surface_pressure)
+        q_s, _ = saturation_specific_humidity(temperature, surface_pressure)
         heat_flux = factor * self.Ch * speed * (theta_s - state.thl[0])
         moisture_flux = factor * self.Cq * speed * (q_s - state.qt[0])
         ustar = jnp.sqrt(factor * self.Cm) * speed
-        buoyancy_flux = heat_flux + VIRTUAL_COEFFICIENT * state.thl[0] * moisture_flux
-        theta_v = virtual_potential_temperature(state)[0]
-        return SurfaceFluxes(ustar, heat_flux, moisture_flux, factor * self.Cm * speed,
-                             obukhov_length(ustar, buoyancy_flux, theta_v))
-
-
-def saturation_specific_humidity(temperature, pressure):
-    """qsat over liquid water (kg/kg) from es = 611.2 exp(17.67 Tc / (Tc + 243.5)) Pa
-    (Bolton 1980, eq. 10) and q = 0.622 es / (p − 0.378 es)."""
-    celsius = temperature - 273.15
-    es = 611.2 * jnp.exp(17.67 * celsius / (celsius + 243.5))
-    return 0.622 * es / (pressure - 0.378 * es)
+        return surface_fluxes(ustar, heat_flux, moisture_flux, factor * self.Cm * speed, state,
+                              grid)
 
 
 class PrescribedFluxSurface(AbstractSurfaceLayer):
-    """Surface heat and moisture fluxes and u* all taken from the forcing (e.g. BOMEX,
-    Siebesma et al. 2003, section 2); the stress is u*² along the lowest-level wind."""
+    """Surface heat and moisture fluxes taken from the forcing, and u* either from the forcing
+    too (e.g. BOMEX, Siebesma et al. 2003, section 2) or, with a ``drag_coefficient`` Cd, from
+    the bulk drag u*² = Cd |U1|² (e.g. DYCOMS-II RF01, Stevens et al. 2005: Cd = 0.0011); the
+    stress is u*² along the lowest-level wind."""
+
+    drag_coefficient: Float[Array, ""] | None
+
+    def __init__(self, drag_coefficient=None):
+        if drag_coefficient is not None:
+            check_range("drag_coefficient", drag_coefficient, 0.0, 0.1)
+            drag_coefficient = as_float(drag_coefficient)
+        self.drag_coefficient = drag_coefficient
 
     def fluxes(self, state: State, forcing: Forcing, grid: ColumnGrid) -> SurfaceFluxes:
         speed = wind_speed(state)
-        ustar = forcing.surface_friction_velocity
-        buoyancy_flux = (forcing.surface_heat_flux
-                         + VIRTUAL_COEFFICIENT * state.thl[0] * forcing.surface_moisture_flux)
-        theta_v = virtual_potential_temperature(state)[0]
-        return SurfaceFluxes(ustar, forcing.surface_heat_flux, forcing.surface_moisture_flux,
-                             ustar**2 / speed,
-                             obukhov_length(jnp.maximum(ustar, 1.0e-3), buoyancy_flux, theta_v))
+        if self.drag_coefficient is None:
+            ustar = forcing.surface_friction_velocity
+        else:
+            ustar = jnp.sqrt(self.drag_coefficient) * speed
+        return surface_fluxes(ustar, forcing.surface_heat_flux, forcing.surface_moisture_flux,
+                              ustar**2 / speed, state, grid, min_ustar=1.0e-3)

@@ -10,18 +10,21 @@ solver couples the lowest level to a ground wind of zero). Diagnostics (scalars)
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from physics.surface import (
-    VIRTUAL_COEFFICIENT,
-    AbstractSurfaceLayer,
-    SurfaceFluxes,
-    obukhov_length,
-    virtual_potential_temperature,
+from physics.clouds import AbstractCloudSource, Cloud, StatisticalCloud, cloud_diagnostics
+from physics.surface import AbstractSurfaceLayer, SurfaceFluxes, surface_fluxes
+from physics.thermodynamics import (
+    Thermodynamics,
+    clear_air_coefficients,
+    cloudy_air_coefficients,
+    diagnose,
 )
+from physics.updraft import MassFluxUpdraft, UpdraftProfile
 from scm.constants import GRAVITY, VON_KARMAN
 from scm.errors import ConfigurationError, check_positive, check_range
 from scm.forcing import Forcing
@@ -30,10 +33,27 @@ from scm.integration import implicit_diffusion
 from scm.parameterization import AbstractParameterization, Tendency
 from scm.state import State, as_float
 
-#: Floor on the squared shear (s-2) where Richardson numbers divide by it.
-_MIN_SHEAR2 = 1.0e-10
+#: Floor on the squared shear (s-2) where Richardson numbers divide by it: (10⁻³ s-1)², far
+#: below boundary-layer shears, yet large enough that Ri, and with it K, changes smoothly
+#: across a layer that is neutral and at rest (a floor of 10⁻¹⁰ s-2 made K jump there within
+#: 10⁻⁸ s-2 of N², and gradients through such layers useless).
+MIN_SHEAR2 = 1.0e-6
+#: Buoyancy production (m2 s-3) across which the TKE budget moves it from source to sink.
+_PRODUCTION_SCALE = 1.0e-6
+#: Velocity (m/s) below which the convective velocity scales are regularized (``_cube_root``).
+_VELOCITY_SCALE = 0.01
+#: The buoyancy frequency (s-1) below which the mixing length's stratification term is
+#: regularized (``TKEClosure.mixing_length``).
+_STABILITY_SCALE = 1.0e-3
 #: Added under square roots whose argument may vanish, so their gradients stay finite.
 _TINY = 1.0e-12
+
+
+def _cube_root(x):
+    """x^(1/3) of a velocity cubed (m3 s-3, ≥ 0), regularized as (x + w_r³)^(1/3) − w_r with
+    w_r = 0.01 m/s: the same to 10⁻⁴ m/s for convective velocities, with a finite derivative
+    where the surface buoyancy flux vanishes (x^(1/3) has none at 0)."""
+    return (x + _VELOCITY_SCALE**3) ** (1.0 / 3.0) - _VELOCITY_SCALE
 
 
 def _interior(x: Float[Array, " n_interface"]) -> Float[Array, " n_interface"]:
@@ -41,10 +61,20 @@ def _interior(x: Float[Array, " n_interface"]) -> Float[Array, " n_interface"]:
     return x.at[0].set(0.0).at[-1].set(0.0)
 
 
-def buoyancy_frequency_squared(state: State, grid: ColumnGrid) -> Float[Array, " n_interface"]:
-    """N² = (g/θv) ∂θv/∂z on interfaces (zero at the surface and the top)."""
-    theta_v = virtual_potential_temperature(state)
-    return GRAVITY * grid.gradient_at_interfaces(theta_v) / grid.to_interfaces(theta_v)
+def buoyancy_frequency_squared(state: State, grid: ColumnGrid, mean: Thermodynamics,
+                               cloud_fraction=None) -> Float[Array, " n_interface"]:
+    """N² = (g/θv)(A ∂θl/∂z + B ∂qt/∂z) on interfaces (zero at the surface and the top):
+    the static stability that turbulent fluxes of θl and qt feel, with the coefficients A, B
+    of clear and of saturated air (``physics.thermodynamics``) weighted by the cloud fraction
+    at the centres (by default the grid mean's saturation, 0 or 1). In clear air this is
+    (g/θv) ∂θv/∂z; in cloud it is the moist stability, near zero in a well-mixed cloud layer
+    (where ∂θv/∂z > 0 although the layer is neutral for saturated parcels)."""
+    if cloud_fraction is None:
+        cloud_fraction = (mean.liquid > 0).astype(state.thl.dtype)
+    a, b = moist_buoyancy_coefficients(mean, state, grid, cloud_fraction)
+    return GRAVITY * (grid.to_interfaces(a) * grid.gradient_at_interfaces(state.thl)
+                      + grid.to_interfaces(b) * grid.gradient_at_interfaces(state.qt)
+                      ) / grid.to_interfaces(mean.theta_v)
 
 
 def shear_squared(state: State, grid: ColumnGrid) -> Float[Array, " n_interface"]:
@@ -124,20 +154,18 @@ class ConstantDiffusivity(AbstractParameterization):
             ustar = fluxes.ustar
         heat = jnp.zeros_like(ustar) if fluxes is None else fluxes.heat_flux
         moisture = jnp.zeros_like(ustar) if fluxes is None else fluxes.moisture_flux
-        theta_v = virtual_potential_temperature(state)[0]
-        buoyancy = heat + VIRTUAL_COEFFICIENT * state.thl[0] * moisture
-        diagnostics = {"ustar": ustar, "surface_heat_flux": heat,
-                       "obukhov_length": obukhov_length(jnp.maximum(ustar, 1.0e-3), buoyancy,
-                                                        theta_v)}
+        reported = surface_fluxes(ustar, heat, moisture, jnp.zeros_like(ustar), state, grid,
+                                  min_ustar=1.0e-3)
         return assemble(state, grid, fluxes, self.K_m * ones, self.K_h * ones,
-                        wall_momentum=wall, diagnostics=diagnostics)
+                        wall_momentum=wall, diagnostics=surface_diagnostics(reported))
 
 
 class LocalClosure(AbstractParameterization):
     """First-order local closure, K = l² |∂U/∂z| f(Ri), on interior interfaces.
 
     Mixing length l = κz / (1 + κz/λ) (Blackadar 1962). Gradient Richardson number
-    Ri = N²/S², N² = (g/θv) ∂θv/∂z, S² = |∂U/∂z|² (Louis 1979 form of the closure).
+    Ri = N²/S², N² the moist static stability of ``buoyancy_frequency_squared`` ((g/θv) ∂θv/∂z
+    in clear air), S² = |∂U/∂z|² (Louis 1979 form of the closure).
     Stability functions:
 
     - unstable (Ri < 0), from Businger–Dyer φm = (1 − γζ)^(−1/4), φh = (1 − γζ)^(−1/2), for
@@ -185,16 +213,17 @@ class LocalClosure(AbstractParameterization):
 
     def diffusivities(self, state: State, grid: ColumnGrid):
         """(K_m, K_h) on interfaces (the end values are not used)."""
-        n2, s2 = buoyancy_frequency_squared(state, grid), shear_squared(state, grid)
+        n2 = buoyancy_frequency_squared(state, grid, diagnose(state, grid))
+        s2 = shear_squared(state, grid)
         length = blackadar_length(grid.z_interface, self.asymptotic_length)
-        s2_safe = s2 + _MIN_SHEAR2
+        s2_safe = s2 + MIN_SHEAR2
         richardson = n2 / s2_safe
-        unstable_m = jnp.sqrt(s2_safe - self.gamma * jnp.minimum(n2, 0.0))
-        unstable_ratio = (1.0 - self.gamma * jnp.clip(richardson, -10.0, 0.0)) ** 0.25
-        stable = jnp.sqrt(s2_safe) / (
+        # The two branches meet continuously at Ri = 0; written with min and max (rather than
+        # a switch on the sign of N²) the gradient at a neutral layer is the mean of the two
+        # one-sided ones, which is what finite differences converge to.
+        k_m = length**2 * jnp.sqrt(s2_safe - self.gamma * jnp.minimum(n2, 0.0)) / (
             1.0 + self.stable_coefficient * jnp.maximum(richardson, 0.0)) ** 2
-        k_m = length**2 * jnp.where(n2 < 0, unstable_m, stable)
-        k_h = k_m * jnp.where(n2 < 0, unstable_ratio, 1.0)
+        k_h = k_m * (1.0 - self.gamma * jnp.clip(richardson, -10.0, 0.0)) ** 0.25
         return k_m + self.background_diffusivity, k_h + self.background_diffusivity
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
@@ -210,9 +239,11 @@ class LocalClosure(AbstractParameterization):
         return assemble(state, grid, fluxes, k_m, k_h, diagnostics=surface_diagnostics(fluxes))
 
 
-class TKEClosure(AbstractParameterization):
-    """1.5-order closure with prognostic TKE e (tracer ``"tke"``) plus a dry mass-flux updraft
-    (eddy-diffusivity mass-flux, EDMF; Siebesma, Soares & Teixeira 2007, JAS 64, "SST07").
+class TKEClosure(AbstractParameterization, AbstractCloudSource):
+    """1.5-order closure with prognostic TKE e (tracer ``"tke"``), a moist mass-flux updraft
+    (eddy-diffusivity mass-flux, EDMF; Siebesma, Soares & Teixeira 2007, JAS 64; the plume in
+    ``physics.updraft``) and a statistical cloud scheme for the updraft's environment
+    (``physics.clouds``).
 
     Eddy diffusivities (Deardorff 1980; Cuxart et al. 2000, section 3):
     K_m = c_m l √e, K_h = K_m / Pr, K_e = c_e K_m for the transport of e, with the
@@ -220,11 +251,17 @@ class TKEClosure(AbstractParameterization):
     Pr = Pr0 exp(−Ri/(Pr0 Rf∞)) + Ri/Rf∞, Rf∞ = 0.25, for Ri = N²/S² ≥ 0 (Pr0 below).
     Mixing length: the Blackadar length l_B = κz/(1 + κz/λ) combined harmonically with the
     stratified length of Deardorff (1980), 1/l = 1/l_B + N/(c_n √e) where N² > 0 (the
-    harmonic form reproduces φm = 1 + βζ in a stable surface layer).
+    harmonic form reproduces φm = 1 + βζ in a stable surface layer). N² is the moist static
+    stability of ``buoyancy_frequency_squared`` with the grid mean's saturation as the weight.
 
-    TKE budget (Cuxart et al. 2000, section 3), the updraft's interface fluxes F_mf included
-    in the buoyancy production:
-    ∂e/∂t = K_m S² − K_h N² + (g/θv) F_mf − c_ε e^(3/2)/l + ∂/∂z(K_e ∂e/∂z).
+    TKE budget (Cuxart et al. 2000, section 3), the updraft's buoyancy flux included:
+    ∂e/∂t = K_m S² − K_h N²_b + (g/θv) M (θv,u − θ̄v) − c_ε e^(3/2)/l + ∂/∂z(K_e ∂e/∂z),
+    where the buoyancy production of the down-gradient fluxes uses the moist coefficients,
+    N²_b = (g/θv)(A ∂θl/∂z + B ∂qt/∂z), with A, B those of clear air and of saturated air
+    (``physics.thermodynamics``) weighted by the statistical scheme's cloud fraction (e.g.
+    Cuijpers & Bechtold 1995; for a Gaussian distribution the weight of the saturated
+    coefficients is the cloud fraction). Dry, A = 1 + 0.608 qt and B = 0.608 θ: N²_b = N² =
+    (g/θv) ∂θv/∂z.
     Production and dissipation are integrated over ``time_step`` with the positive,
     linearized-implicit update of Patankar (1980, section 7.2)
     e⁺ = (e + Δt P⁺) / (1 + Δt (c_ε √e / l + P⁻/e)), and the scheme returns (e⁺ − e)/Δt;
@@ -239,20 +276,15 @@ class TKEClosure(AbstractParameterization):
 
     Lowest level: e is set to its surface-layer value (André et al. 1978)
     e1 = 3.75 u*² + 0.2 w*² + (κ z1 (g/θv) w'θv'_s)^(2/3) (the last two only when the
-    surface heats the air), w* = ((g/θv) w'θv'_s h)^(1/3) with h the updraft top.
+    surface heats the air), w* = ((g/θv) w'θv'_s h)^(1/3) with h the depth of the dry
+    convective layer: the updraft's cloud base when it condenses, else its top.
 
-    Updraft (only when the surface buoyancy flux is positive), integrated upward level by level
-    (``lax.scan``): ∂φu/∂z = −ε (φu − φ̄) for φ = θl, qt (SST07, eq. 10);
-    (1/2) ∂wu²/∂z = a B − b ε wu², B = g (θv,u − θ̄v)/θ̄v, in the form of Soares et al. (2004)
-    with a = 2, b = 1 (both discretized Crank–Nicolson between levels); lateral entrainment
-    ε = c_εu [1/(z + Δz) + 1/(h − z + Δz)] (SST07, eq. 16), with h the level of neutral
-    buoyancy of the undiluted surface parcel (the upper term limits the overshoot into the
-    inversion); initial excess φu − φ̄ = b_x w'φ'_s / σw with
-    σw = 1.3 (u*³ + 0.6 (g/θv) w'θv'_s z1)^(1/3) (SST07, eqs. 7 and 17 for z1 ≪ h).
-    Mass flux M = a_u wu (a_u = 0.1; SST07), at most Δz/Δt, and interface flux
-    F_mf = M (φu − φ̄), each part upwind: M φu from the level below (the rising updraft),
-    M φ̄ from the level above (the subsiding environment), which keeps the explicit mass-flux
-    transport monotone for M Δt/Δz ≤ 1.
+    ``updraft``: a ``MassFluxUpdraft`` (``True``: the default one; ``False``: none). Besides
+    the surface diagnostics, the closure reports the updraft's top (``updraft_top_height``),
+    w* (``convective_velocity``), and the cloud (``physics.clouds.cloud_diagnostics``: the
+    profiles ``ql`` and ``cloud_fraction``, liquid water path, cloud cover, base and top), and
+    the updraft's ``updraft_area`` and ``updraft_mass_flux`` (a w, m/s) profiles. It is also a
+    cloud source (``cloud``) for the microphysics and the radiation.
     """
 
     surface: AbstractSurfaceLayer
@@ -263,47 +295,35 @@ class TKEClosure(AbstractParameterization):
     asymptotic_length: Float[Array, ""]
     prandtl_neutral: Float[Array, ""]
     surface_tke_coefficient: Float[Array, ""]
-    updraft_area: Float[Array, ""]
-    updraft_entrainment: Float[Array, ""]
-    updraft_excess: Float[Array, ""]
-    updraft_buoyancy_coefficient: Float[Array, ""]
-    updraft_drag_coefficient: Float[Array, ""]
     tke_min: Float[Array, ""]
+    updraft: MassFluxUpdraft | None
+    clouds: StatisticalCloud
     time_step: float = eqx.field(static=True)
-    mass_flux: bool = eqx.field(static=True)
 
     def __init__(self, surface: AbstractSurfaceLayer, time_step: float = 60.0, *,
                  c_m=3.75**-0.5, c_eps=3.75**-1.5, c_n=0.3, c_e=2.0, asymptotic_length=80.0,
-                 prandtl_neutral=1.0, surface_tke_coefficient=3.75, updraft_area=0.1,
-                 updraft_entrainment=0.4, updraft_excess=1.0, updraft_buoyancy_coefficient=2.0,
-                 updraft_drag_coefficient=1.0, tke_min=1.0e-4, mass_flux: bool = True):
+                 prandtl_neutral=1.0, surface_tke_coefficient=3.75, tke_min=1.0e-4,
+                 updraft: MassFluxUpdraft | bool = True, clouds: StatisticalCloud | None = None):
         check_positive("time_step", time_step, "s")
         for name, value, low, high in (
             ("c_m", c_m, 0.01, 2.0), ("c_eps", c_eps, 0.01, 2.0), ("c_n", c_n, 0.1, 5.0),
             ("c_e", c_e, 0.0, 5.0), ("asymptotic_length", asymptotic_length, 1.0, 1.0e4),
             ("prandtl_neutral", prandtl_neutral, 0.3, 3.0),
             ("surface_tke_coefficient", surface_tke_coefficient, 0.0, 20.0),
-            ("updraft_area", updraft_area, 0.0, 0.5),
-            ("updraft_entrainment", updraft_entrainment, 0.01, 5.0),
-            ("updraft_excess", updraft_excess, 0.0, 5.0),
-            ("updraft_buoyancy_coefficient", updraft_buoyancy_coefficient, 0.1, 10.0),
-            ("updraft_drag_coefficient", updraft_drag_coefficient, 0.0, 10.0),
             ("tke_min", tke_min, 1.0e-8, 1.0e-2),
         ):
             check_range(name, value, low, high)
         self.surface = surface
         self.time_step = float(time_step)
-        self.mass_flux = bool(mass_flux)
         self.c_m, self.c_eps, self.c_n, self.c_e = (as_float(c) for c in (c_m, c_eps, c_n, c_e))
         self.asymptotic_length = as_float(asymptotic_length)
         self.prandtl_neutral = as_float(prandtl_neutral)
         self.surface_tke_coefficient = as_float(surface_tke_coefficient)
-        self.updraft_area = as_float(updraft_area)
-        self.updraft_entrainment = as_float(updraft_entrainment)
-        self.updraft_excess = as_float(updraft_excess)
-        self.updraft_buoyancy_coefficient = as_float(updraft_buoyancy_coefficient)
-        self.updraft_drag_coefficient = as_float(updraft_drag_coefficient)
         self.tke_min = as_float(tke_min)
+        if updraft is True:
+            updraft = MassFluxUpdraft()
+        self.updraft = updraft or None
+        self.clouds = StatisticalCloud() if clouds is None else clouds
 
     def required_tracers(self) -> tuple[str, ...]:
         return ("tke",)
@@ -312,11 +332,18 @@ class TKEClosure(AbstractParameterization):
         return {"tke": jnp.full_like(grid.z, self.tke_min)}
 
     def mixing_length(self, z, tke, n2):
-        """Harmonic combination of the Blackadar length and c_n √e / N (N² > 0 only)."""
+        """Harmonic combination of the Blackadar length and c_n √e / N (N² > 0 only).
+
+        N enters as N (N²⁺/(N²⁺ + N_r²))^(3/2), N²⁺ = max(N², 0), N_r = ``_STABILITY_SCALE``:
+        within 1.5 (N_r/N)² of N where the layer is stratified (1.5 % at N = 0.01 s-1), zero
+        where it is not, and continuously differentiable across neutrality, so that gradients
+        through an exactly neutral layer agree with finite differences (√N² has an infinite
+        derivative there)."""
         blackadar = blackadar_length(z, self.asymptotic_length)
-        stratified = self.c_n * jnp.sqrt(tke) / jnp.sqrt(jnp.maximum(n2, _TINY))
-        limited = 1.0 / (1.0 / jnp.maximum(blackadar, _TINY) + 1.0 / stratified)
-        return jnp.where(n2 > 0, limited, blackadar)
+        stable = jnp.maximum(n2, 0.0)
+        frequency = stable**2 / (stable + _STABILITY_SCALE**2) ** 1.5
+        return 1.0 / (1.0 / jnp.maximum(blackadar, _TINY)
+                      + frequency / (self.c_n * jnp.sqrt(tke)))
 
     def prandtl_number(self, richardson):
         """Schumann & Gerz (1995) with Rf∞ = 0.25; Pr0 for Ri ≤ 0."""
@@ -324,138 +351,111 @@ class TKEClosure(AbstractParameterization):
         pr0 = self.prandtl_neutral
         return pr0 * jnp.exp(-ri / (0.25 * pr0)) + ri / 0.25
 
-    def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
+    def column(self, state: State, forcing: Forcing, grid: ColumnGrid) -> ClosureColumn:
+        """Surface fluxes, grid-mean thermodynamics, the updraft and the cloud of a column:
+        what ``__call__`` and ``cloud`` share (the same trace, so that a microphysics or
+        radiation scheme holding this closure as its cloud source costs no second plume)."""
         fluxes = self.surface.fluxes(state, forcing, grid)
-        theta_v = virtual_potential_temperature(state)
+        mean = diagnose(state, grid)
         tke = jnp.maximum(state.tracers["tke"], self.tke_min)
-        n2, s2 = buoyancy_frequency_squared(state, grid), shear_squared(state, grid)
+
+        def length(n2):
+            return self.mixing_length(grid.z, tke, 0.5 * (n2[1:] + n2[:-1]))
+
+        # The cloud's spread needs a mixing length before the cloud fraction is known: the
+        # one of the grid mean's saturation; N² and the length of the closure itself then
+        # weigh the saturated stability by the cloud fraction.
+        first_guess = length(buoyancy_frequency_squared(state, grid, mean))
+        plume = None if self.updraft is None else self.updraft(state, grid, mean, fluxes)
+        if plume is None:
+            cloud = self.clouds(state.thl, state.qt, grid, first_guess)
+        else:
+            cloud = self.clouds(state.thl, state.qt, grid, first_guess, plume.area, plume.thl,
+                                plume.qt, plume.liquid)
+        n2 = buoyancy_frequency_squared(state, grid, mean, cloud.fraction)
+        return ClosureColumn(fluxes, mean, plume, cloud, n2, length(n2))
+
+    def cloud(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Cloud:
+        return self.column(state, forcing, grid).cloud
+
+    def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
+        fluxes, mean, plume, cloud, n2, length_c = self.column(state, forcing, grid)
+        theta_v = mean.theta_v
+        theta_v_i = grid.to_interfaces(theta_v)
+        tke = jnp.maximum(state.tracers["tke"], self.tke_min)
+        s2 = shear_squared(state, grid)
         tke_i = grid.to_interfaces(tke)
         length_i = self.mixing_length(grid.z_interface, tke_i, n2)
         k_m = self.c_m * length_i * jnp.sqrt(tke_i)
-        k_h = k_m / self.prandtl_number(n2 / (s2 + _MIN_SHEAR2))
+        k_h = k_m / self.prandtl_number(n2 / (s2 + MIN_SHEAR2))
 
-        surface_buoyancy = (fluxes.heat_flux
-                            + VIRTUAL_COEFFICIENT * state.thl[0] * fluxes.moisture_flux)
+        zeros = Tendency.zeros(state)
         buoyancy_parameter = GRAVITY / theta_v[0]
-        if self.mass_flux:
-            updraft = self.updraft(state, grid, fluxes, surface_buoyancy)
-            mf_thl, mf_qt, top = updraft
+        heating = jnp.maximum(fluxes.buoyancy_flux, 0.0)
+        if plume is None:
+            explicit, mf_thv = zeros.flux, jnp.zeros_like(grid.z_interface)
+            depth = jnp.zeros_like(grid.z[0])
         else:
-            mf_thl = mf_qt = jnp.zeros_like(grid.z_interface)
-            top = jnp.zeros_like(grid.z[0])
-        mf_thv = (1.0 + VIRTUAL_COEFFICIENT * grid.to_interfaces(state.qt)) * mf_thl + (
-            VIRTUAL_COEFFICIENT * grid.to_interfaces(state.thl) * mf_qt)
-        heating = jnp.maximum(surface_buoyancy, 0.0)
-        convective_velocity = (buoyancy_parameter * heating * top + _TINY) ** (1.0 / 3.0)
+            explicit, mf_thv = self.updraft.interface_fluxes(plume, state, theta_v, grid,
+                                                             self.time_step)
+            depth = jnp.where(jnp.isfinite(plume.cloud_base), plume.cloud_base, plume.top)
+        convective_velocity = _cube_root(buoyancy_parameter * heating * depth)
 
         # TKE sources on interfaces, averaged to centres (nothing is produced at the top).
         shear_production = _interior(k_m * s2)
-        buoyancy_production = _interior(-k_h * n2 + GRAVITY * mf_thv / grid.to_interfaces(theta_v))
+        buoyancy_production = _interior(-k_h * n2 + GRAVITY * mf_thv / theta_v_i)
         production = 0.5 * (shear_production[1:] + shear_production[:-1])
         buoyancy = 0.5 * (buoyancy_production[1:] + buoyancy_production[:-1])
-        n2_c = 0.5 * (n2[1:] + n2[:-1])
-        length_c = self.mixing_length(grid.z, tke, n2_c)
         dt = self.time_step
-        source = production + jnp.maximum(buoyancy, 0.0)
-        sink_rate = (self.c_eps * jnp.sqrt(tke) / length_c + jnp.maximum(-buoyancy, 0.0) / tke)
+        # Buoyancy production as a source where positive, a sink where negative, split
+        # smoothly (over _PRODUCTION_SCALE): a sharp split is not differentiable in neutral
+        # layers, where the production is exactly zero.
+        gain = 0.5 * (buoyancy + jnp.sqrt(buoyancy**2 + _PRODUCTION_SCALE**2))
+        source = production + gain
+        sink_rate = self.c_eps * jnp.sqrt(tke) / length_c + (gain - buoyancy) / tke
         updated = (tke + dt * source) / (1.0 + dt * sink_rate)
         surface_tke = (self.surface_tke_coefficient * fluxes.ustar**2
                        + 0.2 * convective_velocity**2
-                       + (VON_KARMAN * grid.z[0] * buoyancy_parameter * heating + _TINY)
-                       ** (2.0 / 3.0))
+                       + _cube_root(VON_KARMAN * grid.z[0] * buoyancy_parameter * heating)**2)
         updated = jnp.maximum(updated.at[0].set(surface_tke), self.tke_min)
         tke_tendency = (updated - state.tracers["tke"]) / dt
 
-        zeros = Tendency.zeros(state)
         tendency = State(zeros.tendency.u, zeros.tendency.v, zeros.tendency.thl,
                          zeros.tendency.qt, {**zeros.tendency.tracers, "tke": tke_tendency})
-        explicit = State(zeros.flux.u, zeros.flux.v, mf_thl, mf_qt, zeros.flux.tracers)
         diagnostics = surface_diagnostics(fluxes)
-        diagnostics["updraft_top_height"] = top
         diagnostics["convective_velocity"] = jnp.where(heating > 0, convective_velocity, 0.0)
+        diagnostics.update(cloud_diagnostics(cloud, grid))
+        if plume is not None:
+            diagnostics["updraft_top_height"] = plume.top
+            diagnostics["cloud_base_mass_flux"] = plume.cloud_base_mass_flux
+            diagnostics["updraft_area"] = plume.area
+            diagnostics["updraft_mass_flux"] = plume.mass_flux / grid.rho
         return assemble(state, grid, fluxes, k_m, k_h, explicit_flux=explicit,
                         tendency=tendency, tracer_diffusivity={"tke": self.c_e * k_m},
                         diagnostics=diagnostics)
 
-    def updraft(self, state: State, grid: ColumnGrid, fluxes: SurfaceFluxes, surface_buoyancy):
-        """Mass-flux interface fluxes of θl and qt and the updraft top height (m)."""
-        z, dz = grid.z, grid.dz
-        theta_v = virtual_potential_temperature(state)
-        active = surface_buoyancy > 0
-        heating = jnp.maximum(surface_buoyancy, 0.0)
-        sigma_w = 1.3 * (fluxes.ustar**3 + 0.6 * GRAVITY / theta_v[0] * heating * z[0]
-                         + _TINY) ** (1.0 / 3.0)
-        excess_thl = jnp.where(active, self.updraft_excess * fluxes.heat_flux / sigma_w, 0.0)
-        excess_qt = jnp.where(active, self.updraft_excess * fluxes.moisture_flux / sigma_w, 0.0)
-        # h in the upper entrainment term: the level of neutral buoyancy of the undiluted
-        # surface parcel (the entraining updraft stops a little below it).
-        parcel = (state.thl[0] + excess_thl) * (1.0 + VIRTUAL_COEFFICIENT * (
-            state.qt[0] + excess_qt))
-        warmer = theta_v > parcel
-        neutral = jax.lax.stop_gradient(jnp.where(warmer.any(), z[jnp.argmax(warmer)], z[-1]))
-        entrainment = self.updraft_entrainment * (1.0 / (z + dz)
-                                                  + 1.0 / jnp.maximum(neutral - z + dz, dz))
-        thl_u, qt_u, w2, top, alive = self._plume(state, grid, entrainment, excess_thl,
-                                                  excess_qt, active)
-        w = jnp.sqrt(jnp.maximum(w2, _TINY)) * alive
-        mass_flux = jnp.minimum(self.updraft_area * w, dz / self.time_step)
-        zero = jnp.zeros_like(z[:1])
-        # Upwind for both parts of M (φu − φ̄) through interface k: the updraft rises from
-        # centre k − 1, the compensating environmental subsidence comes from centre k.
-        mf_thl = jnp.concatenate([zero, (mass_flux * thl_u)[:-1] - mass_flux[:-1] * state.thl[1:],
-                                  zero])
-        mf_qt = jnp.concatenate([zero, (mass_flux * qt_u)[:-1] - mass_flux[:-1] * state.qt[1:],
-                                 zero])
-        return mf_thl, mf_qt, top
 
-    def _plume(self, state: State, grid: ColumnGrid, entrainment, excess_thl, excess_qt,
-               active):
-        """Integrate the updraft from the first level up; returns centre profiles of θl,u,
-        qt,u, wu², the top height, and the mask of levels the updraft reaches."""
-        z = grid.z
-        theta_v = virtual_potential_temperature(state)
-        a, b = self.updraft_buoyancy_coefficient, self.updraft_drag_coefficient
+class ClosureColumn(NamedTuple):
+    """What ``TKEClosure.column`` diagnoses from a column: surface fluxes, grid-mean
+    thermodynamics, the updraft (None without one), the cloud, N² on interfaces (s-2) and
+    the mixing length at centres (m)."""
 
-        def virtual(thl, qt):
-            return thl * (1.0 + VIRTUAL_COEFFICIENT * qt)
+    fluxes: SurfaceFluxes
+    mean: Thermodynamics
+    plume: UpdraftProfile | None
+    cloud: Cloud
+    n2: Float[Array, " n_interface"]
+    length: Float[Array, " z"]
 
-        thl0 = state.thl[0] + excess_thl
-        qt0 = state.qt[0] + excess_qt
-        buoyancy0 = GRAVITY * (virtual(thl0, qt0) / theta_v[0] - 1.0)
-        w2_0 = 2.0 * a * buoyancy0 * z[0] / (1.0 + b * entrainment[0] * z[0])
-        alive0 = active & (w2_0 > 0)
-        w2_0 = jnp.where(alive0, w2_0, 0.0)
 
-        def step(carry, level):
-            thl_u, qt_u, w2, alive, top = carry
-            thl_lo, qt_lo, thl_hi, qt_hi, thv_hi, z_lo, z_hi, eps_lo, eps_hi = level
-            dz = z_hi - z_lo
-            mix = 0.5 * eps_lo * dz
-            thl_new = ((1.0 - mix) * thl_u + mix * (thl_lo + thl_hi)) / (1.0 + mix)
-            qt_new = ((1.0 - mix) * qt_u + mix * (qt_lo + qt_hi)) / (1.0 + mix)
-            buoyancy = GRAVITY * (virtual(thl_new, qt_new) / thv_hi - 1.0)
-            drag = 0.5 * b * (eps_lo + eps_hi) * dz
-            w2_new = ((1.0 - drag) * w2 + 2.0 * a * buoyancy * dz) / (1.0 + drag)
-            alive_new = alive & (w2_new > 0)
-            # Top: where wu² crosses zero, interpolated linearly between the two levels.
-            fraction = w2 / jnp.where(alive_new, 1.0, jnp.maximum(w2 - w2_new, _TINY))
-            top = jnp.where(alive & ~alive_new, z_lo + jnp.clip(fraction, 0.0, 1.0) * dz, top)
-            top = jnp.where(alive_new, z_hi, top)
-            w2_new = jnp.where(alive_new, w2_new, 0.0)
-            thl_new = jnp.where(alive_new, thl_new, thl_hi)
-            qt_new = jnp.where(alive_new, qt_new, qt_hi)
-            out = (thl_new, qt_new, w2_new, alive_new)
-            return (thl_new, qt_new, w2_new, alive_new, top), out
-
-        levels = (state.thl[:-1], state.qt[:-1], state.thl[1:], state.qt[1:], theta_v[1:],
-                  z[:-1], z[1:], entrainment[:-1], entrainment[1:])
-        top0 = jnp.where(alive0, z[0], 0.0)
-        carry0 = (jnp.where(alive0, thl0, state.thl[0]), jnp.where(alive0, qt0, state.qt[0]),
-                  w2_0, alive0, top0)
-        (_, _, _, _, top), (thl_u, qt_u, w2, alive) = jax.lax.scan(step, carry0, levels)
-
-        def prepend(first, rest):
-            return jnp.concatenate([jnp.reshape(first, (1,)), rest])
-
-        return (prepend(carry0[0], thl_u), prepend(carry0[1], qt_u), prepend(w2_0, w2), top,
-                prepend(alive0, alive).astype(z.dtype))
+def moist_buoyancy_coefficients(mean: Thermodynamics, state: State, grid: ColumnGrid,
+                                cloud_fraction):
+    """(A, B) of w'θv' = A w'θl' + B w'qt' at centres: the clear-air and saturated values
+    weighted by the cloud fraction."""
+    clear_a, clear_b = clear_air_coefficients(mean.theta, state.qt)
+    cloudy_a, cloudy_b = cloudy_air_coefficients(mean.temperature, state.qt,
+                                                 mean.saturation_humidity, mean.theta,
+                                                 grid.exner)
+    weight = cloud_fraction
+    return ((1.0 - weight) * clear_a + weight * cloudy_a,
+            (1.0 - weight) * clear_b + weight * cloudy_b)

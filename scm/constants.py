@@ -10,6 +10,11 @@ KAPPA = DRY_AIR_GAS_CONSTANT / DRY_AIR_HEAT_CAPACITY  # R/cp
 VON_KARMAN = 0.4
 EARTH_ROTATION_RATE = 7.2921e-5  # rad s-1
 STEFAN_BOLTZMANN = 5.670374e-8  # W m-2 K-4
+#: Rd/Rv, the ratio of the molar masses of water and dry air.
+EPSILON = DRY_AIR_GAS_CONSTANT / WATER_VAPOR_GAS_CONSTANT
+#: Rv/Rd − 1 (≈ 0.608), in θv = θ (1 + 0.608 qv − ql).
+VIRTUAL_COEFFICIENT = WATER_VAPOR_GAS_CONSTANT / DRY_AIR_GAS_CONSTANT - 1.0
+LIQUID_WATER_DENSITY = 1000.0  # kg m-3
 
 
 def coriolis_parameter(latitude_degrees):

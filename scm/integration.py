@@ -24,10 +24,10 @@ from scm.diagnostics import boundary_layer_height
 from scm.errors import ConfigurationError
 from scm.forcing import Forcing, ForcingSeries
 from scm.grid import ColumnGrid
+from scm.levels import tridiagonal_solve
 from scm.model import Model
 from scm.parameterization import Tendency
 from scm.state import NON_NEGATIVE_TRACERS, State, field_metadata
-from scm.tridiagonal import tridiagonal_solve
 
 #: Physical bounds a column must stay within (inclusive); leaving them counts as failure.
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
@@ -36,6 +36,7 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "thl": (150.0, 500.0),
     "qt": (-1.0e-3, 0.1),
     "tke": (0.0, 500.0),
+    "qr": (-1.0e-6, 0.05),
 }
 
 

@@ -26,6 +26,11 @@ FIELD_METADATA: dict[str, dict[str, str]] = {
         "long_name": "turbulence kinetic energy",
         "standard_name": "specific_turbulent_kinetic_energy_of_air",
     },
+    "qr": {
+        "units": "kg kg-1",
+        "long_name": "rain water specific humidity",
+        "standard_name": "mass_fraction_of_rain_in_air",
+    },
 }
 
 
@@ -77,4 +82,4 @@ def field_metadata(name: str) -> dict[str, str]:
     return FIELD_METADATA.get(name, {"units": "1", "long_name": name})
 
 #: Tracers that are physically non-negative; the time step clips them at zero.
-NON_NEGATIVE_TRACERS = frozenset({"tke"})
+NON_NEGATIVE_TRACERS = frozenset({"tke", "qr"})

@@ -158,6 +158,9 @@ EXTRA = {
     "gabls1": ["--columns", "3", "--seed", "1", "--plot", "{tmp}/plots"],
     "dry_cbl": ["--turbulence", "local", "--set", "surface_heat_flux=0.1"],
     "diurnal": [],
+    "bomex": ["--plot", "{tmp}/plots"],
+    "dycoms_rf01": [],
+    "rico": [],
 }
 
 

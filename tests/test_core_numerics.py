@@ -16,8 +16,8 @@ from scm.constants import DRY_AIR_GAS_CONSTANT, GRAVITY
 from scm.errors import ConfigurationError
 from scm.forcing import Forcing, ForcingSeries
 from scm.grid import ColumnGrid
+from scm.levels import tridiagonal_solve
 from scm.model import SLOTS
-from scm.tridiagonal import tridiagonal_solve
 
 NZ, BATCH = 12, 3
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
+from physics.clouds import CLOUDY_FRACTION, WITHOUT_CLOUD
 from physics.surface import (
     MIN_WIND_SPEED,
     BulkSurface,
     MoninObukhovSurface,
     PrescribedFluxSurface,
 )
-from physics.turbulence import ConstantDiffusivity, LocalClosure, TKEClosure
+from physics.turbulence import MIN_SHEAR2, ConstantDiffusivity, LocalClosure, TKEClosure
 from scm.constants import GRAVITY, VON_KARMAN
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
@@ -120,12 +121,17 @@ def test_scheme_contract(column, name):
                 assert leaf.shape == (LEVELS,)
             for leaf in jax.tree.leaves((out.flux, out.diffusivity)):
                 assert leaf.shape == (LEVELS + 1,)
-            for leaf in jax.tree.leaves(out):
+            defined = {n: d for n, d in out.diagnostics.items() if n not in WITHOUT_CLOUD}
+            for leaf in jax.tree.leaves((out.tendency, out.flux, out.diffusivity, defined)):
                 assert np.all(np.isfinite(leaf))
+            for name_ in set(WITHOUT_CLOUD) & set(out.diagnostics):
+                # NaN only where no level is cloudy
+                if np.isnan(out.diagnostics[name_]):
+                    assert np.max(out.diagnostics["cloud_fraction"]) < CLOUDY_FRACTION
             for leaf in jax.tree.leaves(out.diffusivity):
                 assert np.all(np.asarray(leaf) >= 0.0)
-            for value in out.diagnostics.values():
-                assert np.shape(value) == ()
+            for key, value in out.diagnostics.items():
+                assert np.shape(value) in ((), (LEVELS,)), key
             assert {"ustar", "surface_heat_flux", "obukhov_length"} <= set(out.diagnostics)
     assert column["traces"][name] == 1
 
@@ -177,6 +183,8 @@ def test_schemes_finite_in_float32():
                 out = call(scheme, state, forcing)
                 for leaf in jax.tree.leaves(out):
                     assert leaf.dtype == jnp.float32, name
+                defined = {n: d for n, d in out.diagnostics.items() if n not in WITHOUT_CLOUD}
+                for leaf in jax.tree.leaves((out.tendency, out.flux, out.diffusivity, defined)):
                     assert np.all(np.isfinite(leaf)), name
 
 
@@ -336,13 +344,15 @@ def test_local_closure_neutral_and_stable_diffusivity():
     k_m, k_h = closure.diffusivities(neutral, grid)
     zi = np.asarray(grid.z_interface)[1:-1]
     length = VON_KARMAN * zi / (1 + VON_KARMAN * zi / 80.0)
-    np.testing.assert_allclose(k_m[1:-1], length**2 * 0.01, rtol=1e-6)
+    # K_m = l² |∂U/∂z| with the squared shear floored at MIN_SHEAR2
+    np.testing.assert_allclose(k_m[1:-1], length**2 * np.sqrt(0.01**2 + MIN_SHEAR2), rtol=1e-9)
     np.testing.assert_allclose(k_h[1:-1], k_m[1:-1], rtol=1e-12)
     stable = State(a(0.01 * z), a(0 * z), a(300 + 0.01 * z), a(0 * z), {})
     k_m_stable, _ = closure.diffusivities(stable, grid)
-    ri = GRAVITY / (300.0 + 0.01 * zi) * 0.01 / 0.01**2
-    np.testing.assert_allclose(k_m_stable[1:-1], length**2 * 0.01 / (1 + 4.7 * ri) ** 2,
-                               rtol=2e-3)
+    shear2 = 0.01**2 + MIN_SHEAR2
+    ri = GRAVITY / (300.0 + 0.01 * zi) * 0.01 / shear2
+    np.testing.assert_allclose(k_m_stable[1:-1], length**2 * np.sqrt(shear2) / (1 + 4.7 * ri)
+                               ** 2, rtol=2e-3)
     unstable = State(a(0 * z), a(0 * z), a(300 - 0.001 * z), a(0 * z), {})
     k_m_free, k_h_free = closure.diffusivities(unstable, grid)
     assert np.all(np.asarray(k_m_free[1:-1]) > 0)
@@ -356,7 +366,7 @@ def test_tke_closure_neutral_surface_layer_carries_the_log_law():
     a = lambda x: jnp.asarray(x, grid.z.dtype)  # noqa: E731
     ustar = 0.3
     closure = TKEClosure(MoninObukhovSurface(0.1), 60.0, asymptotic_length=1.0e4,
-                         mass_flux=False)
+                         updraft=False)
     state = State(a(5 + 0.01 * z), a(0 * z), a(300 + 0 * z), a(0 * z),
                   {"tke": a(3.75 * ustar**2 + 0 * z)})
     out = closure(state, Forcing.create(grid.n_levels, surface_temperature=300.0), grid)

@@ -1,15 +1,26 @@
-"""Tridiagonal solves along the level axis (Thomas algorithm), differentiable both ways.
+"""Level primitives: the vertical loops of every scheme, written for one column.
 
-The sweep is a ``lax.scan`` over levels; several systems (one per prognostic variable) travel
-through the same scan as a tuple, so under ``vmap`` each step of the scan works on contiguous
-``(columns,)`` vectors. The solve has a custom JVP: its derivative
-with respect to the right-hand side and to the matrix is one more solve, ẋ = A⁻¹ (ḃ − Ȧ x),
-written as ``lax.custom_linear_solve`` so that reverse mode transposes it into a solve with Aᵀ
-(λ = A⁻ᵀ x̄ and Ā = −λ xᵀ on the three diagonals), not autodiff through the scan; forward mode
-(``jax.jvp``, ``jax.jacfwd``) works too.
+Schemes are written for one column and batched with ``jax.vmap``; their loops over levels
+go through the two primitives here, so that the batched kernel behind each loop is chosen in
+one place for every scheme (today the XLA path on every backend):
+
+- ``tridiagonal_solve``: the implicit vertical solves (Thomas algorithm);
+- ``recurrence``: any other loop over levels or iterations, upward or downward, with the
+  contract of ``jax.lax.scan`` (the updraft plume, sedimentation, the surface-layer
+  iteration).
+
+Tridiagonal solve. The sweep is a ``lax.scan`` over levels; several systems (one per
+prognostic variable) travel through the same scan as a tuple, so under ``vmap`` each step of
+the scan works on contiguous ``(columns,)`` vectors. The solve has a custom JVP: its
+derivative with respect to the right-hand side and to the matrix is one more solve,
+ẋ = A⁻¹ (ḃ − Ȧ x), written as ``lax.custom_linear_solve`` so that reverse mode transposes it
+into a solve with Aᵀ (λ = A⁻ᵀ x̄ and Ā = −λ xᵀ on the three diagonals), not autodiff through
+the scan; forward mode (``jax.jvp``, ``jax.jacfwd``) works too.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +104,11 @@ def _solve_jvp(primals, tangents):
     x_dot = jax.lax.custom_linear_solve(lambda v: _matvec(lower, diag, upper, v), rhs_dot,
                                         solve, transpose_solve)
     return x, x_dot
+
+
+def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse: bool = False):
+    """``carry, ys = recurrence(step, init, xs)``: ``step(carry, x) -> (carry, y)`` applied
+    level by level along the leading axis of ``xs`` (bottom to top; top to bottom with
+    ``reverse``), or ``length`` times without inputs; the ``ys`` are stacked. The contract
+    of ``jax.lax.scan``, and its derivatives (forward and reverse mode)."""
+    return jax.lax.scan(step, init, xs, length=length, reverse=reverse)

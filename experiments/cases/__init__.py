@@ -1,0 +1,126 @@
+"""The case catalogue: idealized column cases with their published specifications, one module
+per case (its set-up, its sources and its published ranges in one place).
+
+``build_case(name, ...)`` validates every option against its documented range before building
+anything, then returns a ``Case``: model (grid + schemes), initial state, forcing series, time
+step, run length and output interval. ``definition(name)`` is the case's ``Definition``
+(references, averaging window, published ranges and the function that measures them from a
+run). Specifications: ``docs/cases.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.cases import (
+    bomex,
+    diurnal,
+    dry_cbl,
+    dycoms_rf01,
+    ekman,
+    gabls1,
+    neutral_ekman,
+    rico,
+)
+from experiments.cases.base import (
+    DAY,
+    HOUR,
+    TURBULENCE_NAMES,
+    Case,
+    Definition,
+    PublishedRange,
+    turbulence_scheme,
+)
+from scm.errors import ConfigurationError, check_choice, check_positive, check_range
+from scm.grid import MIN_LEVELS
+from scm.integration import check_state
+
+_DEFINITIONS: dict[str, Definition] = {
+    module.DEFINITION.name: module.DEFINITION
+    for module in (ekman, neutral_ekman, gabls1, dry_cbl, diurnal, bomex, dycoms_rf01, rico)
+}
+CASE_NAMES: tuple[str, ...] = tuple(_DEFINITIONS)
+MAX_LEVELS = 4096
+#: Model time between saved outputs that ``build_case`` aims for (s).
+OUTPUT_INTERVAL = 600.0
+
+ekman_steady_solution = ekman.steady_solution
+ekman_impulsive_solution = ekman.impulsive_solution
+diurnal_profiles = diurnal.diurnal_profiles
+
+
+def definition(name: str) -> Definition:
+    """The ``Definition`` of a case (``ConfigurationError`` for an unknown name)."""
+    check_choice("case", name, CASE_NAMES)
+    return _DEFINITIONS[name]
+
+
+def describe_cases() -> dict[str, str]:
+    """Case name → one-line description."""
+    return {name: spec.description for name, spec in _DEFINITIONS.items()}
+
+
+def case_parameters(name: str) -> dict[str, tuple[float, float, float, str, str]]:
+    """Tunable parameters of a case: name → (default, low, high, units, description)."""
+    return dict(definition(name).parameters)
+
+
+def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
+               hours: float | None = None, turbulence: str | None = None,
+               **parameters) -> Case:
+    """Build a case; every option is checked against its documented range first."""
+    spec = definition(name)
+    turbulence = spec.turbulence if turbulence is None else turbulence
+    check_choice("turbulence", turbulence, TURBULENCE_NAMES)
+    levels = spec.levels if levels is None else levels
+    if isinstance(levels, bool) or not isinstance(levels, int | np.integer):
+        raise ConfigurationError(f"levels must be an integer (got {levels!r})")
+    check_range("levels", levels, MIN_LEVELS, MAX_LEVELS)
+    dt = spec.dt if dt is None else dt
+    hours = spec.hours if hours is None else hours
+    check_positive("dt", dt, "s")
+    check_range("dt", dt, 0.0, 3600.0, "s")
+    check_positive("hours", hours, "h")
+    unknown = sorted(set(parameters) - set(spec.parameters))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown parameter(s) {unknown} for case {name!r}; known: {sorted(spec.parameters)}"
+        )
+    values = {}
+    for key, (default, low, high, units, _) in spec.parameters.items():
+        value = parameters.get(key, default)
+        check_range(key, value, low, high, units)
+        values[key] = float(value)
+    dt, hours = float(dt), float(hours)
+    save_every = max(1, round(OUTPUT_INTERVAL / dt))
+    if hours * 3600.0 < dt * save_every:
+        raise ConfigurationError(
+            f"hours = {hours:g} h is shorter than one output interval ({dt * save_every:g} s)")
+    model, state0, forcing, extra = spec.build(values, int(levels), spec.top, dt, hours,
+                                               turbulence)
+    check_state(state0)
+    recorded = {"case": name, "levels": int(levels), "top": spec.top, "dt": dt,
+                "hours": hours, "save_every": save_every, "turbulence": turbulence,
+                **values, **extra}
+    return Case(name, spec.description, model, state0, forcing, dt, hours, save_every, recorded)
+
+
+__all__ = [
+    "CASE_NAMES",
+    "DAY",
+    "HOUR",
+    "MAX_LEVELS",
+    "OUTPUT_INTERVAL",
+    "TURBULENCE_NAMES",
+    "Case",
+    "Definition",
+    "PublishedRange",
+    "build_case",
+    "case_parameters",
+    "definition",
+    "describe_cases",
+    "diurnal_profiles",
+    "ekman_impulsive_solution",
+    "ekman_steady_solution",
+    "turbulence_scheme",
+]

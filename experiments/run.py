@@ -34,7 +34,7 @@ from experiments.cases import HOUR
 from scm.compilation import filter_jit
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
-from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, rollout
+from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, check_time_step, rollout
 from scm.io import trajectory_to_dataset
 from scm.model import Model
 from scm.state import State
@@ -263,6 +263,7 @@ def run_ensemble(
     forcing_axis = ensemble_axis("forcings", forcings.times, n_columns)
     plan = plan_steps(n_steps, save_every, segments)
     check_state(states)
+    check_time_step(models, dt)
     dtype = states.u.dtype
     step = jnp.asarray(dt, dtype)
     segment_steps = plan.saves_per_segment * plan.save_every

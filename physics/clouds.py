@@ -118,10 +118,8 @@ class StatisticalCloud(AbstractCloudSource):
         variance = ((self.spread_coefficient * length * gradient) ** 2
                     + (self.saturation_spread * a * qs_liquid) ** 2)
         spread = jnp.sqrt(variance + MIN_SPREAD**2)
-        q1 = deficit / spread
-        fraction = 0.5 * (1.0 + jax.scipy.special.erf(q1 / math.sqrt(2.0)))
-        liquid = spread * (fraction * q1 + jnp.exp(-0.5 * q1**2) / math.sqrt(2.0 * math.pi))
-        in_cloud = liquid / jnp.maximum(fraction, 1.0e-6)
+        fraction, scaled_liquid = gaussian_cloud(deficit / spread)
+        in_cloud = spread * scaled_liquid / jnp.maximum(fraction, 1.0e-6)
         return fraction, jnp.where(fraction > 1.0e-6, in_cloud, 0.0)
 
     def __call__(self, thl, qt, grid: ColumnGrid, length=None, updraft_area=None,
@@ -144,6 +142,13 @@ class StatisticalCloud(AbstractCloudSource):
 
     def cloud(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Cloud:
         return self(state.thl, state.qt, grid)
+
+
+def gaussian_cloud(q1):
+    """(C, ql/σs) of a Gaussian distribution of the saturation deficit with normalized mean
+    Q1: C = ½ [1 + erf(Q1/√2)], ql/σs = C Q1 + exp(−Q1²/2)/√(2π)."""
+    fraction = 0.5 * (1.0 + jax.scipy.special.erf(q1 / math.sqrt(2.0)))
+    return fraction, fraction * q1 + jnp.exp(-0.5 * q1**2) / math.sqrt(2.0 * math.pi)
 
 
 def cloud_diagnostics(cloud: Cloud, grid: ColumnGrid) -> dict[str, Float[Array, "..."]]:

@@ -178,7 +178,7 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
 
     def psi_m(self, zeta):
         """Integrated stability function for momentum (Paulson 1970)."""
-        zeta_u, zeta_s = jnp.minimum(zeta, 0.0), jnp.maximum(zeta, 0.0)
+        zeta_u, zeta_s = _split_at_neutral(zeta)
         x = (1.0 - self.gamma_m * zeta_u) ** 0.25
         unstable = (2.0 * jnp.log(0.5 * (1.0 + x)) + jnp.log(0.5 * (1.0 + x * x))
                     - 2.0 * jnp.arctan(x) + 0.5 * math.pi)
@@ -186,7 +186,7 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
 
     def psi_h(self, zeta):
         """Integrated stability function for heat (Paulson 1970)."""
-        zeta_u, zeta_s = jnp.minimum(zeta, 0.0), jnp.maximum(zeta, 0.0)
+        zeta_u, zeta_s = _split_at_neutral(zeta)
         y = jnp.sqrt(1.0 - self.gamma_h * zeta_u)
         return 2.0 * jnp.log(0.5 * (1.0 + y)) - self.beta_h * zeta_s
 
@@ -235,6 +235,17 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
             fm, _ = self.profile_integrals(zeta, z1)
             ustar = VON_KARMAN * speed / fm
         return surface_fluxes(ustar, heat_flux, moisture_flux, ustar**2 / speed, state, grid)
+
+
+def _split_at_neutral(zeta):
+    """(ζ⁻, ζ⁺) = (ζ − ζ⁺, ζ⁺) with ζ⁺ = ½ (ζ + √(ζ² + ε²) − ε), ε = 10⁻⁸: max(ζ, 0) and
+    min(ζ, 0) to 5 × 10⁻⁹, but smooth at ζ = 0. The stable and unstable branches of ψ meet
+    there with different slopes (4.8 against γ/4 = 4 for GABLS1's functions); the solved ζ
+    of a neutral surface layer is a round-off away from 0, on one side or the other, and
+    with a sharp split its derivative would be that side's, not the mean that finite
+    differences across neutrality give."""
+    positive = 0.5 * (zeta + jnp.sqrt(zeta**2 + 1.0e-16) - 1.0e-8)
+    return zeta - positive, positive
 
 
 def _solve_monotone(residual, target, lower, upper, n_iterations: int):

@@ -200,6 +200,25 @@ def check_state(state: State, bounds: dict[str, tuple[float, float]] = DEFAULT_B
             )
 
 
+def check_time_step(model: Model, dt) -> None:
+    """Raise ``ConfigurationError`` if a scheme of ``model`` integrates its own terms over a
+    ``time_step`` (s) other than ``dt``: such schemes (the TKE closure, the local closure's
+    predictor, the microphysics) are built for one step length and are silently wrong at
+    another. Nothing is checked when ``dt`` is not known yet (traced under ``jit``)."""
+    if isinstance(dt, jax.core.Tracer):
+        return
+    dt = float(np.asarray(dt))
+
+    def with_step(node):
+        return isinstance(node, eqx.Module) and getattr(node, "time_step", None) is not None
+
+    for node in jax.tree.leaves(model, is_leaf=with_step):
+        if with_step(node) and not math.isclose(node.time_step, dt, rel_tol=1.0e-6):
+            raise ConfigurationError(
+                f"{type(node).__name__} was built for time_step = {node.time_step:g} s but the "
+                f"model steps dt = {dt:g} s; build it with time_step = {dt:g} s")
+
+
 def guarded_step(solver: SemiImplicitEuler, term: ColumnTerm, state: State, t, dt,
                  bounds: dict[str, tuple[float, float]], failed_at, failed_level):
     """One step from t to t + dt that records the first failure instead of propagating it.
@@ -258,12 +277,14 @@ def rollout(
     """Integrate one column for ``n_steps`` steps of ``dt`` seconds, saving every ``save_every``.
 
     The saved times are t0 and every ``save_every`` steps after it (``n_steps`` must be a
-    multiple of ``save_every``). Batch over columns with ``jax.vmap``. To continue an earlier
+    multiple of ``save_every``); ``dt`` must be the ``time_step`` of every scheme that has one
+    (``check_time_step``). Batch over columns with ``jax.vmap``. To continue an earlier
     rollout, pass its last state and its ``failed_at``/``failed_level``: a column that has
     already failed stays held.
     """
     if n_steps % save_every:
         raise ValueError(f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
+    check_time_step(model, dt)
     solver, term, grid = SemiImplicitEuler(), ColumnTerm(model, forcing), model.grid
     dtype = state0.u.dtype
     t0 = jnp.asarray(t0, dtype)

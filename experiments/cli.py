@@ -212,17 +212,28 @@ def command_cases(args: argparse.Namespace) -> int:
     for name in names:
         print(f"{name}: {descriptions[name]}")
         print(f"    defaults: {_defaults(cases.build_case(name))}")
+        definition = cases.definition(name)
+        for reference in definition.references:
+            print(f"    source: {reference}")
         specs = cases.case_parameters(name)
-        if not specs:
-            continue
-        rows = [(p, _show(d), f"[{_show(lo)}, {_show(hi)}]", units, text)
-                for p, (d, lo, hi, units, text) in specs.items()]
-        widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
-        for row in rows:
-            cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths, strict=True))
-            print(f"    {cells}  {row[4]}")
+        if specs:
+            print("    parameters (--set NAME=VALUE):")
+            _print_table([(p, _show(d), f"[{_show(lo)}, {_show(hi)}]", units, text)
+                          for p, (d, lo, hi, units, text) in specs.items()])
+        if definition.ranges:
+            print("    published ranges:")
+            _print_table([(r.name, f"[{_show(r.low)}, {_show(r.high)}]", r.units, "", r.text)
+                          for r in definition.ranges])
     print(f"turbulence closures (--turbulence): {', '.join(cases.TURBULENCE_NAMES)}")
     return 0
+
+
+def _print_table(rows) -> None:
+    """Rows of five cells, the first four padded to their column's width."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths, strict=True))
+        print(f"      {cells}  {row[4]}".rstrip())
 
 
 def _defaults(case) -> str:

@@ -8,12 +8,16 @@ Processes (rates in kg kg⁻¹ s⁻¹):
   (∂qr/∂t)_ac = 67 (qc qr)^1.15, applied to in-cloud liquid separately in the updraft (area
   a_u, liquid ql,u) and in the environment's cloudy part (fraction Ce, in-cloud liquid ql,e):
   the rates are nonlinear, so applying them to grid means would underestimate them.
+- Rain falls through a precipitation fraction (``precipitation_fraction``: the largest raining
+  cloud fraction above, Morrison & Gettelman 2008), within which it has the concentration
+  qr/fraction that accretion, fall speed and evaporation see.
 - Evaporation of rain in the clear air, with the one-moment Marshall–Palmer closure and the
   ventilation factor of Seifert & Beheng (2006) (as in the one-moment scheme of CliMA's
   CloudMicrophysics.jl): n(r) = n0 e^(−λr), n0 = 1.6 × 10⁷ m⁻⁴, λ = (8π ρw n0/(ρ qr))^(1/4),
   ∂qr/∂t = (4π n0/ρ)(S − 1) G(T) λ⁻² [a_v + b_v (ν/Dv)^(1/3) (r0 λ)^(−1/4) (2 v0/(ν λ))^(1/2)
   Γ(11/4)] for S < 1, G = [Lv/(Ka T)(Lv/(Rv T) − 1) + Rv T/(es Dv)]⁻¹,
-  v0 = [8 (ρw/ρ − 1) g r0 / (3 C_D)]^(1/2), times the clear fraction 1 − C.
+  v0 = [8 (ρw/ρ − 1) g r0 / (3 C_D)]^(1/2), in the part of the precipitation fraction that is
+  clear of cloud.
 - Sedimentation with the mass-weighted fall speed of the Rogers et al. (1993) drop velocity
   (as in Seifert & Beheng 2006) over an exponential distribution with the Marshall–Palmer
   intercept N0 = 8 × 10⁶ m⁻⁴ (of diameter): v = (ρ0/ρ)^(1/2) [9.65 − 10.3 (1 + 600/λD)⁻⁴] m/s,
@@ -161,15 +165,19 @@ class WarmRain(AbstractParameterization):
         cloud = self.cloud.cloud(state, forcing, grid)
         rain = jnp.maximum(state.tracers["qr"], 0.0)
         nc = self.droplet_number
-        share = precipitation_fraction(cloud.fraction)
+        updraft_cloud = cloud.updraft_area * (cloud.updraft_liquid > 0)
+        environment_cloud = (1.0 - cloud.updraft_area) * cloud.environment_fraction
+        share = precipitation_fraction(
+            updraft_cloud, environment_cloud,
+            cloud.updraft_area * autoconversion(cloud.updraft_liquid, nc),
+            environment_cloud * autoconversion(cloud.environment_liquid, nc))
         rain_in_shaft = rain / share
 
         def conversion(liquid):
             return autoconversion(liquid, nc) + accretion(liquid, rain_in_shaft)
 
         formed = (cloud.updraft_area * conversion(cloud.updraft_liquid)
-                  + (1.0 - cloud.updraft_area) * cloud.environment_fraction
-                  * conversion(cloud.environment_liquid))
+                  + environment_cloud * conversion(cloud.environment_liquid))
         formed = jnp.minimum(formed, cloud.liquid / dt)
 
         vapor = state.qt - cloud.liquid
@@ -193,11 +201,18 @@ class WarmRain(AbstractParameterization):
         return Tendency(tendency, fluxes, zeros.diffusivity, diagnostics)
 
 
-def precipitation_fraction(cloud_fraction):
-    """Fraction of each level that the rain falls through: the largest cloud fraction at or
-    above it (the maximum-overlap precipitation fraction of Morrison & Gettelman 2008), at
-    least ``MIN_PRECIPITATION_FRACTION``."""
-    above = jax.lax.cummax(cloud_fraction, reverse=True)
+def precipitation_fraction(updraft_cloud, environment_cloud, updraft_rain, environment_rain):
+    """Fraction of each level that the rain falls through: the largest raining cloud fraction
+    at or above it (the maximum-overlap precipitation fraction of Morrison & Gettelman 2008),
+    at least ``MIN_PRECIPITATION_FRACTION``. The raining fraction of a level is the cloudy
+    area of the updraft and of the environment weighted by the rain each forms there
+    (``*_rain``, per unit volume of grid box): the rain of trade cumuli forms in their cores
+    and falls through them, not through the whole cloud layer."""
+    total = updraft_rain + environment_rain
+    weighted = ((updraft_rain * updraft_cloud + environment_rain * environment_cloud)
+                / jnp.where(total > 0, total, 1.0))
+    raining = jnp.where(total > 0, weighted, updraft_cloud + environment_cloud)
+    above = jax.lax.cummax(raining, reverse=True)
     return jnp.maximum(above, MIN_PRECIPITATION_FRACTION)
 
 

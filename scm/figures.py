@@ -23,13 +23,19 @@ DPI = 110
 _DRAWING = threading.Lock()
 
 
-def new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
-    """A figure of ``n_panels`` axes side by side, each ``width`` × ``height`` inches, laid
-    out (constrained) when it is drawn."""
-    figure = Figure(figsize=(width * n_panels, height), layout="constrained")
+def new_figure(n_panels: int, width: float = 4.2, height: float = 3.4,
+               columns: int | None = None) -> tuple[Figure, list]:
+    """A figure of ``n_panels`` axes, each ``width`` × ``height`` inches, side by side (in
+    rows of ``columns`` when given; unused cells are hidden), laid out (constrained) when it
+    is drawn."""
+    columns = n_panels if columns is None else min(columns, n_panels)
+    rows = -(-n_panels // columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, n_panels, squeeze=False)[0]
-    return figure, list(axes)
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for unused in axes[n_panels:]:
+        unused.set_visible(False)
+    return figure, axes[:n_panels]
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:

@@ -287,3 +287,12 @@ def test_derivative_through_the_cases_physics_matches_finite_differences(name):
     round_off = 1.0e-6 * (1.0 + abs(derivative))
     assert errors[-1] <= 3.0e-4 * abs(derivative) + round_off, (derivative, errors)
     assert errors[-1] <= errors[0] + round_off, (derivative, errors)
+
+
+def test_plots_of_a_case_mark_its_window_and_ranges(default_runs, tmp_path):
+    from experiments.plots import plot_trajectory
+
+    written = plot_trajectory(default_runs("bomex"), tmp_path)
+    assert sorted(p.name for p in written) == [
+        f"bomex_{kind}.png" for kind in ("profiles", "sections", "timeseries", "window")]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

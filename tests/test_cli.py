@@ -196,6 +196,25 @@ def test_run_writes_netcdf_with_required_variables_and_units(case, tmp_path, cap
         assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     else:
         assert dataset.sizes["column"] == 1
+    for name, units in MOIST_UNITS.get(case, {}).items():
+        assert dataset[name].attrs["units"] == units, (case, name)
+    if case == "bomex":
+        # half an hour: the mean profiles of the case's window (hours 3-6) are not drawn
+        plots = tmp_path / "plots"
+        assert sorted(p.name for p in plots.iterdir()) == [
+            f"bomex_{kind}.png" for kind in ("profiles", "sections", "timeseries")]
+
+
+#: Output variables of the moist cases and their units.
+CLOUD_UNITS = {"ql": "kg kg-1", "cloud_fraction": "1", "liquid_water_path": "kg m-2",
+               "cloud_cover": "1", "cloud_base_height": "m", "cloud_top_height": "m"}
+MOIST_UNITS = {
+    "bomex": {**CLOUD_UNITS, "updraft_mass_flux": "m s-1", "updraft_area": "1",
+              "cloud_base_mass_flux": "m s-1"},
+    "dycoms_rf01": {**CLOUD_UNITS, "inversion_height": "m"},
+    "rico": {**CLOUD_UNITS, "qr": "kg kg-1", "rain_water_path": "kg m-2",
+             "surface_precipitation": "kg m-2 s-1", "updraft_mass_flux": "m s-1"},
+}
 
 
 def test_cases_lists_every_case_with_parameters(capsys):
@@ -207,6 +226,10 @@ def test_cases_lists_every_case_with_parameters(capsys):
         assert name in stdout
     code, stdout, _ = run_cli(capsys, "cases", "dry_cbl")
     assert code == 0 and "dry_cbl:" in stdout and "gabls1:" not in stdout
+    code, stdout, _ = run_cli(capsys, "cases", "bomex")
+    assert code == 0 and "Siebesma et al. (2003)" in stdout and "published ranges" in stdout
+    for published in cases.definition("bomex").ranges:
+        assert published.name in stdout
 
 
 def _out_of_range_assignment() -> tuple[str, str]:

@@ -115,7 +115,7 @@ def test_saturation_adjustment_reaches_float32_round_off_in_four_iterations():
         assert t32.dtype == jnp.float32
     assert np.abs(np.asarray(t32, float) - temperature).max() < 5.0e-4
     assert np.abs(np.asarray(l32, float) - liquid).max() < 1.0e-6
-    # fewer iterations are not enough (the table of MOIST_PHYSICS-style accuracy)
+    # fewer iterations are not enough
     t2, _ = saturation_adjustment(thl, qt, pressure, exner, n_iterations=2)
     assert np.abs(np.asarray(t2) - temperature).max() > 0.1
 
@@ -472,7 +472,7 @@ def test_moist_column_budgets_close_to_round_off():
     latent = jax.vmap(lambda s: model.microphysics(s, forcing.at(0.0), grid).tendency.thl)(
         trajectory.state)
     for n in range(steps):
-        flux = jax.tree.map(lambda a: a[n], trajectory.flux)
+        flux = jax.tree.map(lambda a, n=n: a[n], trajectory.flux)
         water_in = rho_i[0] * (flux.qt[0] + flux.tracers["qr"][0])
         assert float(water[n + 1] - water[n]) == pytest.approx(60.0 * float(water_in),
                                                                rel=1e-9, abs=1e-15)

@@ -122,8 +122,8 @@ def piecewise(heights, values, extend: bool = True):
 
 def moist_grid(z_interface, surface_pressure: float, thl_profile, qt_profile) -> ColumnGrid:
     """A grid whose hydrostatic reference state is that of the initial θl, qt profiles: the
-    reference potential temperature is their θv, the liquid included (MOIST_PHYSICS-style
-    base state, as in MicroHH's ``calc_base_state``). θv needs the pressure for the
+    reference potential temperature is their θv, the liquid included (the anelastic base
+    state of the LES, e.g. MicroHH's ``calc_base_state``). θv needs the pressure for the
     saturation adjustment and the pressure needs θv; two passes from the dry estimate
     θl (1 + 0.608 qt) agree to far below the adjustment's own accuracy."""
     z = 0.5 * (np.asarray(z_interface)[1:] + np.asarray(z_interface)[:-1])
@@ -175,10 +175,19 @@ def constant_forcing(grid: ColumnGrid, **values) -> ForcingSeries:
     return ForcingSeries.constant(Forcing.create(grid.n_levels, **values))
 
 
-def window_mean(dataset: xr.Dataset, name: str, window: tuple[float, float]) -> xr.DataArray:
-    """Column 0's ``name`` averaged over the hours ``window`` (both ends included); NaN
-    values (no cloud, say) are left out."""
+def in_window(dataset: xr.Dataset, window: tuple[float, float]) -> np.ndarray:
+    """Which saved times of ``dataset`` lie in the hours ``window`` (both ends included)."""
     hours = dataset["time"].values / HOUR
-    inside = (hours >= window[0] - 1e-9) & (hours <= window[1] + 1e-9)
-    return dataset[name].isel(column=0).isel(time=np.flatnonzero(inside)).mean(
-        "time", skipna=True)
+    return (hours >= window[0] - 1e-9) & (hours <= window[1] + 1e-9)
+
+
+def window_mean(dataset: xr.Dataset, name: str, window: tuple[float, float]) -> xr.DataArray:
+    """Column 0's ``name`` averaged over the hours ``window``; NaN values (no cloud, say) are
+    left out."""
+    inside = np.flatnonzero(in_window(dataset, window))
+    return dataset[name].isel(column=0).isel(time=inside).mean("time", skipna=True)
+
+
+def window_max(dataset: xr.Dataset, name: str, window: tuple[float, float]) -> float:
+    """The largest value of column 0's time series ``name`` over the hours ``window``."""
+    return float(np.nanmax(dataset[name].isel(column=0).values[in_window(dataset, window)]))

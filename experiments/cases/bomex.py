@@ -15,6 +15,7 @@ from experiments.cases.base import (
     moist_grid,
     piecewise,
     turbulence_scheme,
+    window_max,
     window_mean,
 )
 from physics.large_scale import LargeScaleForcing
@@ -64,9 +65,7 @@ def measure(dataset: xr.Dataset) -> dict[str, float]:
     the mean mass flux of the updraft at its condensation level, and the largest departure of
     the mean θl and qt profiles in the cloud layer from the initial ones."""
     base = float(window_mean(dataset, "cloud_base_height", WINDOW))
-    hours = dataset["time"].values / 3600.0
-    inside = (hours >= WINDOW[0] - 1e-9) & (hours <= WINDOW[1] + 1e-9)
-    top = float(np.nanmax(dataset["cloud_top_height"].isel(column=0).values[inside]))
+    top = window_max(dataset, "cloud_top_height", WINDOW)
     z = dataset["z"].values
     layer = (z >= CLOUD_LAYER[0]) & (z <= CLOUD_LAYER[1])
     initial = dataset.isel(column=0, time=0)

@@ -8,10 +8,10 @@ import xarray as xr
 
 import scm.model
 from experiments.cases.base import (
-    HOUR,
     Definition,
     PublishedRange,
     cloud_source,
+    in_window,
     initial_state,
     moist_grid,
     turbulence_scheme,
@@ -75,8 +75,7 @@ def measure(dataset: xr.Dataset) -> dict[str, float]:
     """Hours 2–4: the smallest cloud fraction at the middle of the cloud layer (between the
     mean cloud base and the mean inversion), the mean liquid water path, the inversion height
     at hour 4, and the entrainment rate w_e = dzi/dt + D zi (dzi/dt fitted over the window)."""
-    hours = dataset["time"].values / HOUR
-    inside = (hours >= WINDOW[0] - 1e-9) & (hours <= WINDOW[1] + 1e-9)
+    inside = in_window(dataset, WINDOW)
     zi = dataset["inversion_height"].isel(column=0).values
     base = float(window_mean(dataset, "cloud_base_height", WINDOW))
     middle = 0.5 * (base + float(zi[inside].mean()))

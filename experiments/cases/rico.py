@@ -9,7 +9,6 @@ import xarray as xr
 import scm.model
 from experiments.cases.base import (
     DAY,
-    HOUR,
     Definition,
     PublishedRange,
     cloud_source,
@@ -17,6 +16,7 @@ from experiments.cases.base import (
     moist_grid,
     piecewise,
     turbulence_scheme,
+    window_max,
     window_mean,
 )
 from physics.large_scale import LargeScaleForcing
@@ -66,9 +66,7 @@ def build(p, levels, top, dt, hours, turbulence):
 def measure(dataset: xr.Dataset) -> dict[str, float]:
     """The last 4 h: mean cloud base, highest cloud top, mean cloud cover and mean surface
     precipitation (mm/day)."""
-    hours = dataset["time"].values / HOUR
-    inside = (hours >= WINDOW[0] - 1e-9) & (hours <= WINDOW[1] + 1e-9)
-    top = float(np.nanmax(dataset["cloud_top_height"].isel(column=0).values[inside]))
+    top = window_max(dataset, "cloud_top_height", WINDOW)
     return {
         "cloud_base_height": float(window_mean(dataset, "cloud_base_height", WINDOW)),
         "cloud_top_height": top,

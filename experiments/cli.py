@@ -6,14 +6,19 @@ Usage::
     scm run CASE [--hours H] [--dt S] [--levels N] [--turbulence NAME] [--columns N]
                  [--seed S] [--out FILE.nc] [--plot DIR] [--set NAME=VALUE ...]
                  [--parameterization PATH] [--no-progress] [--no-cache]
-    scm truth [--case diurnal|gabls1|dry_cbl] [--split train|heldout|ood] [--scenarios N]
+    scm truth [--case diurnal|gabls1|dry_cbl]
+              [--split train|validation|test|extrapolation] [--scenarios N]
               [--days D] [--spinup-days D] [--seed S] [--levels N] [--refinement R]
               [--fine-dt S] [--coarse-dt S] --out FILE.nc [--no-progress] [--no-cache]
-    scm experiment turbulence [--quick] [--seeds N] [--workers N] --out DIR [--no-progress]
-                              [--no-cache]
-    scm bench stability [--model PATH ...] [--baseline NAME] [--scenarios heldout|ood|all]
-                        [--days N] [--bound FIELD=LOW:HIGH ...] [--truth DIR]
-                        [--scenarios-per-set N] [--out DIR]
+    scm experiment turbulence [--quick] [--config FILE] [--seeds N] [--workers N] --out DIR
+                              [--no-progress] [--no-cache]
+    scm train [--config FILE] [--quick] [--coupling replace|residual]
+              [--mode offline|online|finetuned] [--seed S] --truth DIR --out DIR
+    scm bench stability [--model PATH ...] [--baseline NAME] [--physics NAME ...]
+                        [--scenarios test|extrapolation|all] [--days N] [--no-truth]
+                        [--fallback off|on|both] [--drift-theta K] [--drift-wind M]
+                        [--bound FIELD=LOW:HIGH ...] [--truth DIR]
+                        [--scenarios-per-set N] [--per-family N] [--out DIR]
 
 ``scm truth`` writes coarse-grained high-resolution truth of sampled scenarios of one case
 (``diurnal`` by default: 15 days, 5 of them spin-up; ``gabls1`` and ``dry_cbl``: the case's
@@ -143,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--quick", action="store_true",
                             help="a small version of everything (about 50 s, 45 s with a "
                                  "warm compilation cache)")
+    experiment.add_argument("--config", metavar="FILE",
+                            help="settings file (TOML or JSON; any ExperimentConfig field, "
+                                 "over the defaults or --quick's)")
     experiment.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 1)")
     experiment.add_argument("--out", metavar="DIR", required=True, help="output directory")
     experiment.add_argument("--workers", type=int, default=2,
@@ -150,27 +158,64 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_and_cache_options(experiment)
     experiment.set_defaults(handler=command_experiment)
 
+    training = commands.add_parser(
+        "train", help="train one network on truth, selected on the validation set",
+        description="Train one network (coupling, mode, seed) on DIR's training truth with "
+                    "the experiment's settings or a config file, keep the weights that score "
+                    "best on the validation truth (both made in DIR when missing), and write "
+                    "the artifact with its validation scores (see experiments/turbulence.py).")
+    training.add_argument("--config", metavar="FILE",
+                          help="settings file (TOML or JSON; ExperimentConfig fields)")
+    training.add_argument("--quick", action="store_true", help="the quick settings as base")
+    training.add_argument("--coupling", default="residual", help="replace or residual "
+                                                                 "(default residual)")
+    training.add_argument("--mode", default="online",
+                          help="offline, online or finetuned (default online)")
+    training.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    training.add_argument("--truth", metavar="DIR", required=True,
+                          help="directory with (or for) truth_train.nc, truth_validation.nc")
+    training.add_argument("--out", metavar="DIR", required=True, help="artifact directory")
+    add_progress_and_cache_options(training)
+    training.set_defaults(handler=command_train)
+
     bench = commands.add_parser(
         "bench", help="benchmarks: stability (rollout stability of trained models)",
         description="Judge trained parameterizations for coupled use: long runs of every model "
-                    "on held-out and out-of-distribution scenarios beside the physics "
-                    "baseline; survival, skill, climate, drift, conservation and Jacobian "
-                    "spectra (see experiments/stability.py).")
+                    "on the test and extrapolation scenarios beside the physics baseline, with "
+                    "intervals over scenarios and seeds and per-family tables; survival "
+                    "(drift counts as failure), skill, climate, drift, conservation, "
+                    "Jacobian spectra; --no-truth: truth-free long runs (see "
+                    "experiments/stability.py).")
     bench.add_argument("name", metavar="NAME", help="benchmark: stability")
     bench.add_argument("--model", metavar="PATH", dest="models", action="append", default=[],
                        help="trained artifact directory (repeat for several)")
     bench.add_argument("--baseline", default="local",
                        help="physics closure beside them (default local)")
-    bench.add_argument("--scenarios", default="all", help="heldout, ood or all (default all)")
+    bench.add_argument("--physics", metavar="NAME", action="append", default=[],
+                       help="another physics closure to judge (e.g. tke; repeat)")
+    bench.add_argument("--scenarios", default="all",
+                       help="test, extrapolation or all (default all)")
     bench.add_argument("--days", type=float, default=30.0, help="days per run (default 30)")
+    bench.add_argument("--no-truth", dest="truth_runs", action="store_false",
+                       help="truth-free runs from the case's initial state (e.g. --days 365)")
+    bench.add_argument("--fallback", default="off",
+                       help="artifacts' out-of-distribution fallback: off, on or both "
+                            "(default off)")
+    bench.add_argument("--drift-theta", type=float, default=3.0,
+                       help="daily-mean θ error (K) beyond which a run has failed (default 3)")
+    bench.add_argument("--drift-wind", type=float, default=5.0,
+                       help="daily-mean wind error (m/s) beyond which a run has failed "
+                            "(default 5)")
     bench.add_argument("--bound", metavar="FIELD=LOW:HIGH", dest="bounds", action="append",
                        default=[], help="physical bounds of a field (e.g. thl=200:400; "
                                         "defaults: scm.integration.DEFAULT_BOUNDS)")
     bench.add_argument("--truth", metavar="DIR",
-                       help="directory with truth_heldout.nc / truth_ood.nc (default: --out; "
-                            "missing files are generated there)")
-    bench.add_argument("--scenarios-per-set", type=int, default=32,
-                       help="scenarios per set when truth is generated (default 32)")
+                       help="directory with truth_test.nc / truth_extrapolation.nc (default: "
+                            "--out; missing files are generated there)")
+    bench.add_argument("--scenarios-per-set", type=int, default=16,
+                       help="test scenarios when truth or scenarios are drawn (default 16)")
+    bench.add_argument("--per-family", type=int, default=4,
+                       help="scenarios per extrapolation family when drawn (default 4)")
     bench.add_argument("--out", metavar="DIR", default="stability",
                        help="output directory (default ./stability)")
     add_progress_and_cache_options(bench)
@@ -288,6 +333,8 @@ def command_experiment(args: argparse.Namespace) -> int:
 
     check_choice("experiment", args.name, ("turbulence",))
     config = turbulence.ExperimentConfig.quick() if args.quick else turbulence.ExperimentConfig()
+    if args.config is not None:
+        config = turbulence.ExperimentConfig.from_file(args.config, config)
     if args.seeds is not None:
         check_range("seeds", args.seeds, 1, 100)
         config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
@@ -298,25 +345,52 @@ def command_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    """Train one model into ``--out`` (``experiments.turbulence.train_command``)."""
+    from experiments import turbulence
+
+    config = turbulence.ExperimentConfig.quick() if args.quick else turbulence.ExperimentConfig()
+    if args.config is not None:
+        config = turbulence.ExperimentConfig.from_file(args.config, config)
+    check_choice("coupling", args.coupling, turbulence.COUPLINGS)
+    check_choice("mode", args.mode, ("offline", "online", "finetuned"))
+    check_range("seed", args.seed, 0, 2**31 - 1)
+    out = check_output_directory("--out", args.out)
+    truth_dir = check_output_directory("--truth", args.truth)
+    if args.cache:
+        enable_compilation_cache()
+    turbulence.train_command(config, truth_dir, out, args.coupling, args.mode, args.seed,
+                             progress=args.progress)
+    return 0
+
+
 def command_bench(args: argparse.Namespace) -> int:
     """Run a benchmark into ``--out``."""
     from experiments import stability
     from nn.artifact import load_artifact
 
     check_choice("benchmark", args.name, ("stability",))
-    check_choice("scenarios", args.scenarios, (*stability.SPLITS, "all"))
-    check_choice("baseline", args.baseline, cases.TURBULENCE_NAMES)
+    check_choice("scenarios", args.scenarios, (*stability.SETS, "all"))
+    for name in (args.baseline, *args.physics):
+        check_choice("physics closure", name, cases.TURBULENCE_NAMES)
+    check_choice("fallback", args.fallback, ("off", "on", "both"))
     check_range("scenarios-per-set", args.scenarios_per_set, 1, 100_000)
+    check_range("per-family", args.per_family, 1, 10_000)
     config = stability.StabilityConfig(days=args.days,
-                                       bounds=parse_bounds(args.bounds, DEFAULT_BOUNDS))
+                                       bounds=parse_bounds(args.bounds, DEFAULT_BOUNDS),
+                                       drift_theta=args.drift_theta,
+                                       drift_wind=args.drift_wind, truth=args.truth_runs)
     for path in args.models:
         load_artifact(path)  # every artifact is checked before anything runs
     out = check_output_directory("--out", args.out)
     if args.cache:
         enable_compilation_cache()
-    stability.run_benchmark(args.models, out, baseline=args.baseline, scenarios=args.scenarios,
-                            truth_dir=args.truth, n_scenarios=args.scenarios_per_set,
-                            config=config, progress=args.progress)
+    stability.run_benchmark(args.models, out, baseline=args.baseline,
+                            physics=tuple(args.physics), sets=args.scenarios,
+                            truth_dir=args.truth, config=config, fallback=args.fallback,
+                            sizes={"test": args.scenarios_per_set,
+                                   "extrapolation": args.per_family},
+                            progress=args.progress)
     return 0
 
 
@@ -343,7 +417,8 @@ def command_truth(args: argparse.Namespace) -> int:
             parameters, coarse_levels=args.levels, refinement=args.refinement,
             fine_dt=args.fine_dt, coarse_dt=args.coarse_dt, days=days,
             spinup_days=spinup_days, progress=args.progress, split=args.split,
-            seed=args.seed, case=args.case)
+            seed=args.seed, case=args.case,
+            labels=scenarios.scenario_labels(args.split, args.scenarios, case=args.case))
     write_netcdf(dataset, out)
     summary = truth.truth_summary(dataset)
     failed_at = dataset["failed_at"].values

@@ -761,10 +761,10 @@ def summarize_long(results: dict[str, dict[str, list[dict]]]) -> dict:
             entry = {"seeds": len(runs), "runs": int(failed_at.size),
                      "failed": int(np.isfinite(failed_at).sum()),
                      "fraction_alive_at_end": float(np.mean(~np.isfinite(failed_at)))}
-            for key in runs[0]:
-                if key.startswith(("trend_", "periodicity_", "climate_")) and key.endswith(
-                        ("difference", "theta", "u", "v", "qt", "content", "energy")) and \
-                        np.ndim(runs[0][key]) == 1:
+            for key, value in runs[0].items():
+                per_scenario = np.ndim(value) == 1
+                if per_scenario and (key.startswith(("trend_", "periodicity_"))
+                                     or key.endswith("_difference")):
                     entry[key] = float(np.nanmean(_stack(runs, key)))
             flagged = _stack(runs, "flagged_fraction")
             entry["flagged_fraction"] = (None if np.isnan(flagged).all()

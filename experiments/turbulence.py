@@ -142,6 +142,7 @@ class ExperimentConfig:
     flux_scale: float = 0.1
     ood_quantile: float = 0.999
     ood_softness: float = 0.1
+    ood_margin: float = 2.0
     # training (``nn.training.TrainingConfig``)
     batch_size: int = 32
     learning_rate: float = 1.0e-3
@@ -179,6 +180,7 @@ class ExperimentConfig:
         FeatureSet.from_names(self.features)
         check_range("ood_quantile", self.ood_quantile, 0.5, 1.0)
         check_range("ood_softness", self.ood_softness, 1.0e-3, 10.0)
+        check_range("ood_margin", self.ood_margin, 0.1, 100.0)
         check_range("diffusivity_scale", self.diffusivity_scale, 1.0e-3, 1.0e4, "m2 s-1")
         check_range("flux_scale", self.flux_scale, 1.0e-6, 1.0e3)
         check_range("offline_iterations", self.offline_iterations, 1, 10_000_000)
@@ -387,7 +389,8 @@ class Inputs:
         profiles, scalars = feature_samples(self.features, data)
         self.normalization = Normalization.from_samples(profiles, scalars)
         self.detector = InputDistance.fit(self.features, surface, profiles, scalars,
-                                          config.ood_quantile, config.ood_softness)
+                                          config.ood_quantile, config.ood_softness,
+                                          config.ood_margin)
 
 
 def hybrid_model(coupling: str, baseline: Model, normalization: Normalization,

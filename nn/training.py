@@ -542,7 +542,8 @@ def feature_samples(features, data: TrainingData, surface=None, stride: int = 12
 def write_learning_curve(history: list[dict], directory: str | os.PathLike,
                          name: str = "learning_curve") -> list[Path]:
     """``name.csv``, ``name.json`` and ``name.png`` (loss against iteration, log scale, the
-    curriculum stages marked) in ``directory``. Safe to call from several threads at once."""
+    curriculum stages marked, and the validation scores where taken) in ``directory``. Safe
+    to call from several threads at once."""
     from scm.figures import new_figure, save_figure
 
     directory = Path(directory)
@@ -564,6 +565,12 @@ def write_learning_curve(history: list[dict], directory: str | os.PathLike,
             axis.axvline(row["iteration"], color="0.7", lw=0.8, ls="--")
             axis.annotate(f"K={row['rollout_steps']}", (row["iteration"], 1), xycoords=(
                 "data", "axes fraction"), va="top", fontsize=8, color="0.4")
+    validated = [(row["iteration"], row["validation"]) for row in history
+                 if row.get("validation") is not None]
+    if validated:
+        twin = axis.twinx()
+        twin.plot(*zip(*validated, strict=True), "o-", color="C1", ms=3, lw=0.8)
+        twin.set_ylabel("validation score (1 = baseline)", color="C1")
     axis.set_xlabel("iteration")
     axis.set_ylabel("normalized loss (1)")
     axis.set_title(name.replace("_", " "))

@@ -562,6 +562,8 @@ def command_run(args: argparse.Namespace) -> int:
     from scm import io
 
     restart = io.read_netcdf(args.restart) if args.restart is not None else None
+    if restart is not None:
+        runner.check_instantaneous(restart, args.restart)
     case, columns, seed_, artifact = build_run(args, case_name, recorded, restart)
     start_point = None
     if restart is not None:

@@ -135,7 +135,7 @@ def plan_steps(n_steps: int, save_every: int, segments: int = SEGMENTS) -> RunPl
     past the end, and what it computes there is dropped.
     """
     check_range("save_every", save_every, 1, math.inf, "steps")
-    check_range("n_steps", n_steps, save_every, MAX_STEPS, "steps")
+    check_range("n_steps", n_steps, 1, MAX_STEPS, "steps")
     if n_steps % save_every:
         raise ConfigurationError(
             f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
@@ -337,9 +337,7 @@ def restart_point(dataset: xr.Dataset, case, source: str = "the dataset") -> Res
     it repeats the continuous run bit for bit. ``ConfigurationError`` (naming ``source``) for
     a file that cannot restart ``case``: time means, a state variable left out, another grid.
     """
-    if "time_bounds" in dataset:
-        raise ConfigurationError(f"{source} holds time means (--average), not the state a run "
-                                 "can continue from")
+    check_instantaneous(dataset, source)
     trajectory = dataset_to_trajectory(dataset)
     written = trajectory.state.fields()
     missing = [STATE_NAMES.get(f, f) for f in case.state0.fields() if f not in written]
@@ -354,6 +352,13 @@ def restart_point(dataset: xr.Dataset, case, source: str = "the dataset") -> Res
     last = {f: jnp.asarray(written[f][:, -1], dtype) for f in case.state0.fields()}
     return Restart(State.from_fields(last), float(dataset["time"].values[-1]),
                    trajectory.failed_at.astype(dtype), trajectory.failed_level)
+
+
+def check_instantaneous(dataset: xr.Dataset, source: str = "the dataset") -> None:
+    """``ConfigurationError`` unless ``dataset`` holds saved states (not time means)."""
+    if "time_bounds" in dataset:
+        raise ConfigurationError(f"{source} holds time means (--average), not the state a run "
+                                 "can continue from")
 
 
 def output_shapes(case) -> dict[str, tuple[int, ...]]:
@@ -502,6 +507,7 @@ __all__ = [
     "CaseRun",
     "MAX_OUTPUT_BYTES",
     "Restart",
+    "check_instantaneous",
     "check_output_size",
     "output_shapes",
     "restart_point",

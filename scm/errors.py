@@ -50,10 +50,11 @@ def whole_count(name: str, length: float, step_name: str, step: float,
     ratio = float(length) / float(step)
     count = round(ratio)
     if count < minimum or abs(ratio - count) > WHOLE_TOLERANCE * max(1.0, abs(ratio)):
-        least = f" of at least {minimum}" if minimum > 0 else ""
+        whole = "a whole number" if minimum < 1 else (
+            "a whole, nonzero number" if minimum == 1 else f"a whole number >= {minimum}")
         raise ConfigurationError(
-            f"{name} ({float(length):g} s) must be a whole number{least} of {step_name} "
-            f"({float(step):g} s); it is {ratio:.6g} (lengths are not rounded)")
+            f"{name} ({float(length):g} s) must be {whole} of {step_name} ({float(step):g} s); "
+            f"it is {ratio:.6g} (lengths are not rounded)")
     return int(count)
 
 

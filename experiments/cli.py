@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "docs/truth.md).")
     make.add_argument("case", nargs="?", metavar="CASE",
                       help="scenario family: diurnal, gabls1, dry_cbl (default diurnal)")
-    make.add_argument("--case", dest="case", action=Deprecated, instead="the positional CASE")
+    make.add_argument("--case", dest="case_option", action=Deprecated,
+                      instead="the positional CASE")
     make.add_argument("--split", default="train",
                       help="scenario set: train, heldout, ood (default train)")
     make.add_argument("--scenarios", type=count, default=16,
@@ -735,7 +736,7 @@ def _show(value) -> str:
 def command_truth(args: argparse.Namespace) -> int:
     """Validate everything, sample the scenarios, run the truth, write netCDF, summarize."""
     start = time.perf_counter()
-    case = args.case or "diurnal"
+    case = args.case or getattr(args, "case_option", None) or "diurnal"
     check_case_name(case)
     out = check_output_file("--out", args.out)
 

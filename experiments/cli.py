@@ -581,7 +581,7 @@ def command_run(args: argparse.Namespace) -> int:
     if args.average is not None:
         whole_count(f"--average {args.average:g} h", args.average * cases.HOUR,
                     "output intervals", case.dt * case.save_every)
-        whole_count(f"the run ({case.hours:g} h)", case.hours * cases.HOUR,
+        whole_count(f"the run of {case.hours:g} h", case.hours * cases.HOUR,
                     f"averaging intervals (--average {args.average:g} h)",
                     args.average * cases.HOUR)
     runner.check_output_size(case, columns, plan.n_saves)
@@ -653,8 +653,7 @@ def build_run(args: argparse.Namespace, case_name: str, recorded: dict | None,
     if interval is not None:
         start = 0.0 if restart is None else float(restart["time"].values[-1])
         n_steps = round((case.hours * cases.HOUR - start) / case.dt)
-        save_every = whole_count(f"--save-every {interval:g} s", interval, "time steps dt",
-                                 case.dt)
+        save_every = whole_count("--save-every", interval, "time steps dt", case.dt)
         if n_steps % save_every:
             raise ConfigurationError(
                 f"--save-every {interval:g} s does not divide the run ({case.hours:g} h = "

@@ -354,7 +354,7 @@ def time_average(dataset: xr.Dataset, seconds: float) -> xr.Dataset:
     interval = times[1] - times[0]
     per_mean = whole_count(f"--average {seconds / 3600.0:g} h", seconds, "output intervals",
                            interval)
-    n_means = whole_count(f"the run ({(times[-1] - times[0]) / 3600.0:g} h)",
+    n_means = whole_count(f"the run of {(times[-1] - times[0]) / 3600.0:g} h",
                           times[-1] - times[0], f"averaging intervals of {seconds / 3600.0:g} h",
                           seconds)
     saves = dataset.isel(time=slice(1, None))

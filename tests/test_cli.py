@@ -275,14 +275,14 @@ BAD_COMMAND_LINES = [
     (["run", "gabls1", "--plot", "{tmp}/out.nc/plots"], "exists and is not a directory"),
     (["run", "gabls1", "--artifact", "{tmp}/none"], "artifact directory {tmp}/none does not "
                                                     "exist"),
-    (["run", "gabls1", "--save-every", "45"], "--save-every 45 s (45 s) must be a whole, "
-                                              "nonzero number of time steps dt (30 s)"),
+    (["run", "gabls1", "--save-every", "45"], "--save-every (45 s) must be a whole, nonzero "
+                                              "number of time steps dt (30 s)"),
     (["run", "gabls1", "--save-every", "7200"], "--save-every 7200 s does not divide the run"),
     (["run", "gabls1", "--variables", "theta,nosuch"], "unknown output variable(s) nosuch"),
     (["run", "gabls1", "--variables", "theta,,u"], "must be names separated by commas"),
     (["run", "gabls1", "--average", "0.7"], "--average 0.7 h (2520 s) must be a whole, "
                                             "nonzero number of output intervals (600 s)"),
-    (["run", "gabls1", "--average", "2"], "the run (9 h) (32400 s) must be a whole, nonzero "
+    (["run", "gabls1", "--average", "2"], "the run of 9 h (32400 s) must be a whole, nonzero "
                                           "number of averaging intervals"),
     (["run", "--config", "{tmp}/none.nc"], "{tmp}/none.nc does not exist"),
     (["run", "--config", "{tmp}/garbage.nc"], "{tmp}/garbage.nc cannot be read as netCDF"),

@@ -375,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_out_dir(parser: argparse.ArgumentParser, required: bool = False,
                 default: str | None = None) -> None:
-    """``--out-dir DIR`` (and the previous release's ``--out DIR``)."""
-    parser.add_argument("--out-dir", metavar="DIR", required=required, default=default,
-                        help="output directory" + (f" (default {default})" if default else ""))
+    """``--out-dir DIR`` (and the previous release's ``--out DIR``); a required one is
+    checked by the command (argparse would not count the old spelling)."""
+    parser.add_argument("--out-dir", metavar="DIR", default=default,
+                        help="output directory" + (" (required)" if required else
+                                                   f" (default {default})" if default else ""))
     parser.add_argument("--out", dest="out_dir", action=Deprecated, instead="--out-dir")
 
 
@@ -463,7 +465,9 @@ def check_output_file(option: str, path) -> Path:
 
 
 def check_output_directory(option: str, path) -> Path:
-    """``check_writable_directory``, for an output directory."""
+    """``check_writable_directory``, for an output directory (``path`` None: not given)."""
+    if path is None:
+        raise ConfigurationError(f"the option {option} DIR is required")
     return check_writable_directory(option, path)
 
 

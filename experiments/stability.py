@@ -51,8 +51,15 @@ from experiments.run import first_day_rmse, run_from_truth
 from experiments.scenarios import stack_pytrees
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
+from scm.grid import ColumnGrid
 from scm.integration import DEFAULT_BOUNDS, ColumnTerm, SemiImplicitEuler
-from scm.io import write_atomic, write_netcdf
+from scm.io import (
+    global_attributes,
+    height_coordinates,
+    layer_bounds,
+    write_atomic,
+    write_netcdf,
+)
 from scm.model import Model
 from scm.state import State
 
@@ -387,9 +394,11 @@ def summarize(results: dict[str, dict[str, dict]]) -> dict:
     return summary
 
 
-def metrics_dataset(results: dict[str, dict[str, dict]], z: np.ndarray,
+def metrics_dataset(results: dict[str, dict[str, dict]], grid: ColumnGrid,
                     attrs: dict) -> xr.Dataset:
-    """Every metric as a CF-annotated dataset: one variable per metric, model and set."""
+    """Every metric as a CF-annotated dataset: one variable per metric, model and set, on the
+    coarse ``grid``; ``attrs`` join the package's global
+    attributes (``scm.io.global_attributes``)."""
     variables = {}
     for model, by_split in results.items():
         for split, r in by_split.items():
@@ -427,10 +436,14 @@ def metrics_dataset(results: dict[str, dict[str, dict]], z: np.ndarray,
             add("jacobian_moduli", ("scenario", "sample", "mode"), r["jacobian_moduli"], "1",
                 "moduli of the eigenvalues of the one-step Jacobian")
     first = next(iter(next(iter(results.values())).values()))
-    coords = {"lead_time": ("lead_time", first["time"] / HOUR, {"units": "h"}),
-              "z": ("z", z, {"units": "m", "long_name": "height of layer centres"}),
-              "hour_of_day": ("hour_of_day", np.arange(24) + 0.5, {"units": "h"})}
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    variables["z_bounds"] = layer_bounds(grid.z_interface)
+    coords = {"lead_time": ("lead_time", first["time"] / HOUR, {
+                  "units": "h", "long_name": "time since the start of the runs",
+                  "standard_name": "forecast_period"}),
+              **height_coordinates(grid),
+              "hour_of_day": ("hour_of_day", np.arange(24) + 0.5, {
+                  "units": "h", "long_name": "middle of the hour of the day (local time)"})}
+    return xr.Dataset(variables, coords=coords, attrs=global_attributes(attrs))
 
 
 def verdict(entry: dict, baseline: dict) -> str:
@@ -583,9 +596,9 @@ def run_benchmark(model_paths, out, *, baseline: str = "local", scenarios: str =
     record = {"models": summary, "baseline": candidates[0].name, "days": config.days,
               "wall_time_s": seconds, "truth_time_s": truth_seconds}
     write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(record, indent=2)))
-    z = np.asarray(next(iter(sets.values())).models[0].grid.z)
-    write_netcdf(metrics_dataset(results, z, {"title": "rollout-stability metrics",
-                                              "days": config.days}), out / "metrics.nc")
+    grid = next(iter(sets.values())).models[0].grid
+    write_netcdf(metrics_dataset(results, grid, {"title": "rollout-stability metrics",
+                                                 "days": config.days}), out / "metrics.nc")
     report = markdown_report(summary, candidates[0].name, config, seconds)
     write_atomic(out / "report.md", lambda p: p.write_text(report))
     plot_results(results, out)

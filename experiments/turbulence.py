@@ -175,7 +175,7 @@ def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
     names = [n.removeprefix("parameter_") for n in dataset.data_vars
              if n.startswith("parameter_")]
     return [{n: float(dataset[f"parameter_{n}"].values[i]) for n in names}
-            for i in range(dataset.sizes["scenario"])]
+            for i in range(dataset.sizes["column"])]
 
 
 def coarse_cases(dataset: xr.Dataset, config: ExperimentConfig) -> list[Case]:
@@ -197,7 +197,8 @@ def truth_states(dataset: xr.Dataset, template: State,
     """Truth fields ``names`` (u, v, θl) as a ``State`` ``(scenario, time, ...)`` with the
     structure of the coarse model's state (qt zero); ``("uw", "vw", "heat_flux")`` gives the
     sub-grid fluxes."""
-    u, v, thl = (jnp.asarray(dataset[name].values, template.u.dtype) for name in names)
+    u, v, thl = (jnp.asarray(dataset[name].transpose("column", "time", ...).values,
+                             template.u.dtype) for name in names)
     return State(u, v, thl, jnp.zeros_like(u))
 
 
@@ -274,7 +275,7 @@ def with_artifact(model: Model, artifact: Artifact, dt: float) -> Model:
     if config["network"]["kind"] == "mlp" and model.grid.n_levels != levels:
         raise ConfigurationError(
             f"the artifact's column network was trained on {levels} levels; the model has "
-            f"{model.grid.n_levels} (run it with --levels {levels})")
+            f"{model.grid.n_levels} (use it on {levels} levels)")
     scheme = artifact.parameterization(surface)
     if config["coupling"] == "residual":
         scheme = Residual(turbulence_scheme(config["physics"], surface, dt), scheme)
@@ -421,7 +422,7 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
 
     def prepare(split: str) -> tuple[xr.Dataset, list[Case]]:
         dataset = truth_for(split, config, out, progress)
-        log(f"truth {split}: {dataset.sizes['scenario']} scenarios "
+        log(f"truth {split}: {dataset.sizes['column']} scenarios "
             f"({time.perf_counter() - start:.0f} s)")
         return dataset, coarse_cases(dataset, config)
 
@@ -464,21 +465,9 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
         def fit(seed: int, coupling: str, mode: str) -> tuple[dict[str, dict], Path]:
             """Train one model from the coupling's untrained hybrid; its scores and artifact."""
             name = f"{coupling}_{mode}"
-            directory = out / "artifacts" / f"{name}_seed{seed}"
-            training = config.training(mode, seed)
-            result = train(hybrid_model(coupling, baseline, normalization, config, seed), data,
-                           training, checkpoint_dir=directory / "checkpoint", progress=progress,
-                           description=f"{name} seed {seed}")
-            write_learning_curve(result.history, directory, "learning_curve")
-            losses = [row["loss"] for row in result.history]
-            save_artifact(directory, neural_part(result.model), n_levels=config.coarse_levels,
-                          slot="turbulence", coupling=coupling,
-                          physics=BASELINE_CLOSURE if coupling == "residual" else None,
-                          metrics={"final_loss": losses[-1], "first_loss": losses[0],
-                                   "iterations": len(losses)},
-                          provenance={"training": training.to_dict(),
-                                      "experiment": config.to_dict()})
-            by_split = score(name, result.model)
+            model, directory, losses = train_model(out, config, data, baseline, normalization,
+                                                   coupling, mode, seed, progress)
+            by_split = score(name, model)
             log(f"{name} seed {seed}: loss {losses[0]:.4g} -> {losses[-1]:.4g} "
                 f"({time.perf_counter() - start:.0f} s)")
             return by_split, directory
@@ -520,6 +509,46 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
     return summary
 
 
+def train_model(out: Path, config: ExperimentConfig, data: TrainingData, baseline: Model,
+                normalization: Normalization, coupling: str, mode: str, seed: int,
+                progress: bool = True) -> tuple[Model, Path, list[float]]:
+    """Train the ``coupling`` ("replace" or "residual") network ``mode`` ("offline" or
+    "online") from its untrained hybrid of ``baseline`` and write its artifact (with learning
+    curves) to ``out/artifacts/<coupling>_<mode>_seed<seed>``; a checkpoint there is resumed.
+    Returns the trained model, the artifact directory and the losses."""
+    name = f"{coupling}_{mode}"
+    directory = out / "artifacts" / f"{name}_seed{seed}"
+    training = config.training(mode, seed)
+    result = train(hybrid_model(coupling, baseline, normalization, config, seed), data,
+                   training, checkpoint_dir=directory / "checkpoint", progress=progress,
+                   description=f"{name} seed {seed}")
+    write_learning_curve(result.history, directory, "learning_curve")
+    losses = [row["loss"] for row in result.history]
+    save_artifact(directory, neural_part(result.model), n_levels=config.coarse_levels,
+                  slot="turbulence", coupling=coupling,
+                  physics=BASELINE_CLOSURE if coupling == "residual" else None,
+                  metrics={"final_loss": losses[-1], "first_loss": losses[0],
+                           "iterations": len(losses)},
+                  provenance={"training": training.to_dict(), "experiment": config.to_dict()})
+    return result.model, directory, losses
+
+
+def train_artifact(out: str | Path, config: ExperimentConfig, coupling: str, mode: str,
+                   seed: int, progress: bool = True) -> Path:
+    """Train one network of the experiment on its training truth (``out/truth_train.nc``,
+    made there if missing or made with other settings) and write its artifact
+    (``train_model``); returns the artifact directory (``scm train``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = truth_for("train", config, out, progress)
+    cases = coarse_cases(dataset, config)
+    data = training_data(dataset, cases, config)
+    baseline = cases[0].model
+    normalization = Normalization.fit(data.states, baseline.grid)
+    return train_model(out, config, data, baseline, normalization, coupling, mode, seed,
+                       progress)[1]
+
+
 def load_artifact_case(name: str, artifact_path, **options) -> Case:
     """Build case ``name`` (``experiments.cases.build_case`` options) with an artifact's
     network in its slot; the case's closure defaults to the baseline's, so no unused TKE is
@@ -540,5 +569,7 @@ __all__ = [
     "load_artifact_case",
     "run_experiment",
     "summarize",
+    "train_artifact",
+    "train_model",
 ]
 

@@ -18,6 +18,7 @@ Layout of an artifact directory:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +32,7 @@ from nn.heads import AbstractHead, DiffusivityHead, FluxHead, TendencyHead
 from nn.parameterization import NeuralParameterization, make_network
 from physics.surface import AbstractSurfaceLayer
 from scm.errors import ConfigurationError
+from scm.grid import MIN_LEVELS
 from scm.io import package_version, write_atomic
 from scm.model import SLOTS
 from scm.state import as_float
@@ -133,31 +135,82 @@ def _read_json(path: Path) -> dict:
         raise ConfigurationError(f"artifact file {path} is not valid JSON: {error}") from None
 
 
-def load_artifact(directory: str | os.PathLike) -> Artifact:
-    """Read and check an artifact directory written by ``save_artifact``."""
+#: Network kind → the options ``make_network`` takes for it (positive integers).
+NETWORK_OPTIONS: dict[str, tuple[str, ...]] = {"mlp": ("width", "depth"),
+                                               "conv": ("width", "depth", "kernel_size")}
+
+
+def check_config(config, path: Path) -> None:
+    """Raise ``ConfigurationError`` naming the entry of ``config.json`` (at ``path``), its
+    value and what is allowed, unless ``config`` describes an artifact this version can
+    build. Needs no array library: ``scm inspect`` runs it without loading the weights."""
+    def entry(name: str):
+        value = config
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ConfigurationError(f"{path} lacks the entry {name}")
+            value = value[key]
+        return value
+
+    def require(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise ConfigurationError(f"{path}: {name} = {entry(name)!r} is not {allowed}")
+
+    def positive_number(value, integer: bool) -> bool:
+        kinds = int if integer else int | float
+        return (isinstance(value, kinds) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0)
+
+    if not isinstance(config, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object (got {type(config).__name__})")
+    require("format", entry("format") == FORMAT, f"{FORMAT!r}")
+    require("slot", entry("slot") in SLOTS, f"one of {', '.join(SLOTS)}")
+    require("coupling", entry("coupling") in COUPLINGS, f"one of {', '.join(COUPLINGS)}")
+    if config["coupling"] == "residual":
+        require("physics", isinstance(entry("physics"), str) and bool(config["physics"]),
+                "the name of the physics scheme it corrects")
+    kind = entry("network.kind")
+    require("network.kind", kind in NETWORK_OPTIONS, f"one of {', '.join(NETWORK_OPTIONS)}")
+    levels = entry("network.levels")
+    require("network.levels", positive_number(levels, True) and levels >= MIN_LEVELS,
+            f"an integer >= {MIN_LEVELS}")
+    require("network.options", isinstance(entry("network.options"), dict), "a JSON object")
+    for option in NETWORK_OPTIONS[kind]:
+        require(f"network.options.{option}",
+                positive_number(entry(f"network.options.{option}"), True), "a positive integer")
+    head_kind = entry("head.kind")
+    require("head.kind", head_kind in HEADS, f"one of {', '.join(HEADS)}")
+    require("head.options", isinstance(entry("head.options"), dict), "a JSON object")
+    for option in HEADS[head_kind][1]:
+        require(f"head.options.{option}", positive_number(entry(f"head.options.{option}"),
+                                                          False), "a positive number")
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The checked ``config.json`` of an artifact directory (``check_config``)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigurationError(f"artifact directory {directory} does not exist")
+        raise ConfigurationError(f"artifact directory {directory} does not exist"
+                                 if not directory.exists() else
+                                 f"artifact {directory} is not a directory")
     config = _read_json(directory / "config.json")
-    if config.get("format") != FORMAT:
-        raise ConfigurationError(f"{directory / 'config.json'} is not a {FORMAT} "
-                                 f"configuration (format = {config.get('format')!r})")
-    try:
-        slot, coupling = config["slot"], config["coupling"]
-        network_spec, head_spec = config["network"], config["head"]
-        head_class, _ = HEADS[head_spec["kind"]]
-    except (KeyError, TypeError) as error:
-        raise ConfigurationError(
-            f"{directory / 'config.json'} lacks or misnames entry {error}") from None
-    if slot not in SLOTS:
-        raise ConfigurationError(f"{directory / 'config.json'}: slot {slot!r} does not exist "
-                                 f"(slots: {', '.join(SLOTS)})")
-    if coupling not in COUPLINGS:
-        raise ConfigurationError(f"{directory / 'config.json'}: coupling {coupling!r} is not "
-                                 f"one of {COUPLINGS}")
-    head = head_class(**head_spec["options"])
+    check_config(config, directory / "config.json")
+    return config
+
+
+def load_artifact(directory: str | os.PathLike) -> Artifact:
+    """Read and check an artifact directory written by ``save_artifact``: every problem is a
+    ``ConfigurationError`` naming the file, the entry and what is wrong."""
+    directory = Path(directory)
+    config = read_config(directory)
+    network_spec, head_spec = config["network"], config["head"]
+    head_class, _ = HEADS[head_spec["kind"]]
+    head = head_class(**{name: head_spec["options"][name]
+                         for name in HEADS[head_spec["kind"]][1]})
+    options = {name: network_spec["options"][name]
+               for name in NETWORK_OPTIONS[network_spec["kind"]]}
     skeleton = make_network(network_spec["kind"], head, network_spec["levels"],
-                            key=jax.random.key(0), **network_spec["options"])
+                            key=jax.random.key(0), **options)
     weights = directory / "weights.eqx"
     if not weights.exists():
         raise ConfigurationError(f"artifact file {weights} is missing")
@@ -173,7 +226,7 @@ def load_artifact(directory: str | os.PathLike) -> Artifact:
     try:
         arrays = [np.asarray(spec[name], float) for name in
                   ("profile_mean", "profile_scale", "scalar_mean", "scalar_scale")]
-    except (KeyError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ConfigurationError(
             f"{directory / 'normalization.json'} lacks or misformats {error}") from None
     expected = (len(PROFILE_NAMES), len(PROFILE_NAMES), len(SCALAR_NAMES), len(SCALAR_NAMES))
@@ -187,4 +240,5 @@ def load_artifact(directory: str | os.PathLike) -> Artifact:
     return Artifact(config, network, head, normalization, metrics)
 
 
-__all__ = ["Artifact", "COUPLINGS", "FILES", "HEADS", "load_artifact", "save_artifact"]
+__all__ = ["Artifact", "COUPLINGS", "FILES", "HEADS", "check_config", "load_artifact",
+           "read_config", "save_artifact"]

@@ -122,3 +122,29 @@ def test_an_unstable_linear_model_is_detected(kit):
     largest, growing = spectrum_summary(moduli[None], tolerance=1.0e-4)
     np.testing.assert_allclose(largest, 1.0 + rate * DT, rtol=1e-12)
     assert growing == 1.0
+
+
+def test_metrics_file_passes_cfchecks(kit, tmp_path, cf_check):
+    """The benchmark's metrics.nc, from synthetic results of every metric."""
+    from experiments.stability import DIAGNOSTICS, VARIABLES, metrics_dataset
+    from scm.io import write_netcdf
+
+    grid = kit.grid(1000.0, 8)
+    scenarios, times, levels = 3, np.arange(5) * 3600.0, grid.n_levels
+    rng = np.random.default_rng(0)
+    result = {"time": times, "failed_at": np.array([np.inf, 7200.0, np.inf])}
+    for name in (*VARIABLES, "wind", *DIAGNOSTICS):
+        result[f"rmse_{name}"] = rng.random((scenarios, times.size))
+        result[f"bias_{name}"] = rng.random((scenarios, times.size))
+    for name in VARIABLES:
+        result[f"mean_bias_profile_{name}"] = rng.random((scenarios, levels))
+        result[f"drift_{name}"] = rng.random(scenarios)
+    for name in ("surface_heat_flux", "boundary_layer_height"):
+        result[f"diurnal_{name}"] = rng.random((scenarios, 24))
+        result[f"diurnal_{name}_truth"] = rng.random((scenarios, 24))
+    result["budget_residual"] = rng.random((scenarios, 2))
+    result["jacobian_moduli"] = rng.random((scenarios, 2, 3 * levels))
+    results = {"physics_local": {"heldout": result}, "replace": {"heldout": result}}
+    path = write_netcdf(metrics_dataset(results, grid, {"title": "rollout-stability metrics"}),
+                        tmp_path / "metrics.nc")
+    cf_check(path)

@@ -10,8 +10,6 @@ run). Specifications: ``docs/cases.md``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from experiments.cases import (
     bomex,
     diurnal,
@@ -31,7 +29,15 @@ from experiments.cases.base import (
     PublishedRange,
     turbulence_scheme,
 )
-from scm.errors import ConfigurationError, check_choice, check_positive, check_range
+from scm.errors import (
+    ConfigurationError,
+    check_choice,
+    check_integer,
+    check_number,
+    check_positive,
+    check_range,
+    whole_count,
+)
 from scm.grid import MIN_LEVELS
 from scm.integration import check_state
 
@@ -41,12 +47,22 @@ _DEFINITIONS: dict[str, Definition] = {
 }
 CASE_NAMES: tuple[str, ...] = tuple(_DEFINITIONS)
 MAX_LEVELS = 4096
+#: Most time steps a run may take (decades of model time at the cases' time steps).
+MAX_STEPS = 10**8
 #: Model time between saved outputs that ``build_case`` aims for (s).
 OUTPUT_INTERVAL = 600.0
 
 ekman_steady_solution = ekman.steady_solution
 ekman_impulsive_solution = ekman.impulsive_solution
 diurnal_profiles = diurnal.diurnal_profiles
+
+
+def output_steps(n_steps: int, dt: float, interval: float = OUTPUT_INTERVAL) -> int:
+    """Steps between saved outputs: the largest divisor of ``n_steps`` whose interval is at
+    most ``interval`` (s; at least one step), so that the saves end exactly at the end of the
+    run (``OUTPUT_INTERVAL`` when it divides the run)."""
+    target = max(1, min(n_steps, round(interval / dt)))
+    return max(d for d in range(1, target + 1) if n_steps % d == 0)
 
 
 def definition(name: str) -> Definition:
@@ -72,15 +88,16 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
     spec = definition(name)
     turbulence = spec.turbulence if turbulence is None else turbulence
     check_choice("turbulence", turbulence, TURBULENCE_NAMES)
-    levels = spec.levels if levels is None else levels
-    if isinstance(levels, bool) or not isinstance(levels, int | np.integer):
-        raise ConfigurationError(f"levels must be an integer (got {levels!r})")
+    levels = check_integer("levels", spec.levels if levels is None else levels)
     check_range("levels", levels, MIN_LEVELS, MAX_LEVELS)
-    dt = spec.dt if dt is None else dt
-    hours = spec.hours if hours is None else hours
+    dt = check_number("dt", spec.dt if dt is None else dt, "s")
+    hours = check_number("hours", spec.hours if hours is None else hours, "h")
     check_positive("dt", dt, "s")
     check_range("dt", dt, 0.0, 3600.0, "s")
     check_positive("hours", hours, "h")
+    n_steps = whole_count(f"hours = {hours:g} h", hours * HOUR, "time steps dt", dt)
+    check_range(f"number of steps (hours / dt = {hours:g} h / {dt:g} s)", n_steps, 1,
+                MAX_STEPS)
     unknown = sorted(set(parameters) - set(spec.parameters))
     if unknown:
         raise ConfigurationError(
@@ -88,14 +105,9 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
         )
     values = {}
     for key, (default, low, high, units, _) in spec.parameters.items():
-        value = parameters.get(key, default)
-        check_range(key, value, low, high, units)
-        values[key] = float(value)
-    dt, hours = float(dt), float(hours)
-    save_every = max(1, round(OUTPUT_INTERVAL / dt))
-    if hours * 3600.0 < dt * save_every:
-        raise ConfigurationError(
-            f"hours = {hours:g} h is shorter than one output interval ({dt * save_every:g} s)")
+        values[key] = check_number(key, parameters.get(key, default), units)
+        check_range(key, values[key], low, high, units)
+    save_every = output_steps(n_steps, dt)
     model, state0, forcing, extra = spec.build(values, int(levels), spec.top, dt, hours,
                                                turbulence)
     check_state(state0)
@@ -110,6 +122,7 @@ __all__ = [
     "DAY",
     "HOUR",
     "MAX_LEVELS",
+    "MAX_STEPS",
     "OUTPUT_INTERVAL",
     "TURBULENCE_NAMES",
     "Case",
@@ -118,6 +131,7 @@ __all__ = [
     "build_case",
     "case_parameters",
     "definition",
+    "output_steps",
     "describe_cases",
     "diurnal_profiles",
     "ekman_impulsive_solution",

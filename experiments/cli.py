@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import sys
@@ -414,24 +413,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: interrupted; every file is complete or as it was before",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of the output went away (``scm cases | head``): nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------
 # checks that need no JAX
 
 
-def case_names() -> tuple[str, ...]:
-    """The cases, read without importing them (and JAX): one module per case in
-    ``experiments/cases/`` besides ``base``."""
-    directory = Path(importlib.util.find_spec("experiments.cases").submodule_search_locations[0])
-    return tuple(sorted(path.stem for path in directory.glob("*.py")
-                        if path.stem not in ("__init__", "base")))
-
-
 def check_case_name(name: str) -> None:
-    if name not in case_names():
+    from experiments.cases import CASE_NAMES
+
+    if name not in CASE_NAMES:
         raise ConfigurationError(f"unknown case {name!r}; choose one of: "
-                                 f"{', '.join(case_names())}")
+                                 f"{', '.join(sorted(CASE_NAMES))}")
 
 
 def check_writable_directory(option: str, path) -> Path:
@@ -561,9 +558,14 @@ def command_run(args: argparse.Namespace) -> int:
                                  "another --out so that it is kept")
     if args.plot is not None:
         check_output_directory("--plot", args.plot)
+    from experiments import cases
 
-    from experiments import cases  # JAX from here on
-    from experiments import run as runner
+    if args.restart is None:
+        options, artifact = run_options(args, case_name, recorded)
+        if artifact is None:
+            cases.check_options(case_name, **options)
+
+    from experiments import run as runner  # JAX from here on
     from scm import io
 
     restart = io.read_netcdf(args.restart) if args.restart is not None else None
@@ -616,12 +618,12 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_run(args: argparse.Namespace, case_name: str, recorded: dict | None,
-              restart=None):
-    """The case of ``scm run`` (options on the command line over those of ``--config`` /
-    ``--restart``), its number of columns, seed and artifact. A ``restart`` dataset (the run
-    continued) makes the case end ``--hours`` (default: that run's own length) after its last
-    save: the case's forcing is built up to its end."""
+def run_options(args: argparse.Namespace, case_name: str, recorded: dict | None,
+                restart=None) -> tuple[dict, str | None]:
+    """The options of the case of ``scm run`` (those on the command line over those of
+    ``--config`` / ``--restart``) and its artifact, read without JAX. A ``restart`` dataset
+    (the run continued) makes the case end ``--hours`` (default: that run's own length) after
+    its last save: the case's forcing is built up to its end."""
     from experiments import cases
 
     specs = cases.case_parameters(case_name)
@@ -645,6 +647,17 @@ def build_run(args: argparse.Namespace, case_name: str, recorded: dict | None,
         options[name] = value
     artifact = args.artifact if args.artifact is not None else (
         recorded["artifact"] if recorded else None)
+    return options, artifact
+
+
+def build_run(args: argparse.Namespace, case_name: str, recorded: dict | None,
+              restart=None):
+    """The case of ``scm run`` (``run_options``), its number of columns, seed and
+    artifact."""
+    from experiments import cases
+
+    options, artifact = run_options(args, case_name, recorded, restart)
+    file = dict(recorded["parameters"]) if recorded else {}
     if artifact is not None:
         from experiments.turbulence import load_artifact_case
 

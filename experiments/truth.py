@@ -60,8 +60,9 @@ from jaxtyping import Array, Float
 from experiments.cases import DAY, MAX_LEVELS, build_case, case_parameters, definition
 from experiments.run import run_ensemble
 from experiments.scenarios import CASE, scenario_family, stack_cases
+from scm.constants import MIN_LEVELS
 from scm.errors import ConfigurationError, check_range, whole_count
-from scm.grid import MIN_LEVELS, ColumnGrid
+from scm.grid import ColumnGrid
 from scm.io import (
     COORDINATE_METADATA,
     FAILURE_METADATA,

@@ -31,8 +31,8 @@ from nn.features import PROFILE_NAMES, SCALAR_NAMES, Normalization
 from nn.heads import AbstractHead, DiffusivityHead, FluxHead, TendencyHead
 from nn.parameterization import NeuralParameterization, make_network
 from physics.surface import AbstractSurfaceLayer
+from scm.constants import MIN_LEVELS
 from scm.errors import ConfigurationError
-from scm.grid import MIN_LEVELS
 from scm.io import package_version, write_atomic
 from scm.model import SLOTS
 from scm.state import as_float

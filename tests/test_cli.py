@@ -329,11 +329,16 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_output_alone(argv, messa
 
 
 def test_argument_errors_come_before_jax_is_imported():
-    """A typo is answered before JAX (seconds to import) is loaded."""
+    """A typo, or an option outside its case's range, is answered before JAX (seconds to
+    import) is loaded."""
     script = ("import sys; from experiments.cli import main; "
               "codes = [main(['run', 'gablz1']), main(['run', 'gabls1', '--dt', 'nan']), "
-              "main(['truth', '--scenarios', '0', '--out', 'x.nc'])]; "
-              "assert codes == [2, 2, 2], codes; assert 'jax' not in sys.modules; print('ok')")
+              "main(['truth', '--scenarios', '0', '--out', 'x.nc']), "
+              "main(['run', 'gabls1', '--levels', '2']), "
+              "main(['run', 'rico', '--set', 'droplet_number=1e6']), "
+              "main(['run', 'bomex', '--turbulence', 'k-epsilon']), "
+              "main(['run', 'gabls1', '--dt', '7', '--hours', '0.25'])]; "
+              "assert codes == [2] * 7, codes; assert 'jax' not in sys.modules; print('ok')")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.stdout.strip() == "ok", result.stderr

@@ -112,7 +112,7 @@ def _edit(config: dict, entry: str, value) -> dict:
     ("network", ..., "lacks the entry network"),
 ])
 def test_load_artifact_refuses_a_bad_config(tmp_path, entry, value, message):
-    from scm.grid import MIN_LEVELS
+    from scm.constants import MIN_LEVELS
 
     directory = shutil.copytree(ARTIFACT, tmp_path / "artifact")
     config = json.loads((directory / "config.json").read_text())

@@ -27,8 +27,8 @@ from experiments.cases.base import (
     Case,
     Definition,
     PublishedRange,
-    turbulence_scheme,
 )
+from scm.constants import MIN_LEVELS
 from scm.errors import (
     ConfigurationError,
     check_choice,
@@ -38,8 +38,6 @@ from scm.errors import (
     check_range,
     whole_count,
 )
-from scm.grid import MIN_LEVELS
-from scm.integration import check_state
 
 _DEFINITIONS: dict[str, Definition] = {
     module.DEFINITION.name: module.DEFINITION
@@ -81,10 +79,13 @@ def case_parameters(name: str) -> dict[str, tuple[float, float, float, str, str]
     return dict(definition(name).parameters)
 
 
-def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
-               hours: float | None = None, turbulence: str | None = None,
-               **parameters) -> Case:
-    """Build a case; every option is checked against its documented range first."""
+def check_options(name: str, *, levels: int | None = None, dt: float | None = None,
+                  hours: float | None = None, turbulence: str | None = None,
+                  **parameters) -> dict:
+    """Every option of a case checked against its documented range, without building
+    anything (and without JAX): the options ``build_case`` builds from, with the case's
+    defaults filled in: ``levels``, ``dt``, ``hours``, ``turbulence``, ``n_steps`` and the
+    case parameters' values under ``parameters``."""
     spec = definition(name)
     turbulence = spec.turbulence if turbulence is None else turbulence
     check_choice("turbulence", turbulence, TURBULENCE_NAMES)
@@ -107,14 +108,38 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
     for key, (default, low, high, units, _) in spec.parameters.items():
         values[key] = check_number(key, parameters.get(key, default), units)
         check_range(key, values[key], low, high, units)
-    save_every = output_steps(n_steps, dt)
-    model, state0, forcing, extra = spec.build(values, int(levels), spec.top, dt, hours,
-                                               turbulence)
+    return {"levels": int(levels), "dt": dt, "hours": hours, "turbulence": turbulence,
+            "n_steps": n_steps, "parameters": values}
+
+
+def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
+               hours: float | None = None, turbulence: str | None = None,
+               **parameters) -> Case:
+    """Build a case; every option is checked against its documented range first
+    (``check_options``)."""
+    from scm.integration import check_state
+
+    spec = definition(name)
+    options = check_options(name, levels=levels, dt=dt, hours=hours, turbulence=turbulence,
+                            **parameters)
+    levels, dt, hours, values = (options[k] for k in ("levels", "dt", "hours", "parameters"))
+    save_every = output_steps(options["n_steps"], dt)
+    model, state0, forcing, extra = spec.build(values, levels, spec.top, dt, hours,
+                                               options["turbulence"])
     check_state(state0)
-    recorded = {"case": name, "levels": int(levels), "top": spec.top, "dt": dt,
-                "hours": hours, "save_every": save_every, "turbulence": turbulence,
-                **values, **extra}
+    recorded = {"case": name, "levels": levels, "top": spec.top, "dt": dt, "hours": hours,
+                "save_every": save_every, "turbulence": options["turbulence"], **values,
+                **extra}
     return Case(name, spec.description, model, state0, forcing, dt, hours, save_every, recorded)
+
+
+def __getattr__(attribute: str):
+    # The builders' helpers load JAX: only on first use (see experiments.cases.base).
+    if attribute == "turbulence_scheme":
+        from experiments.cases.building import turbulence_scheme
+
+        return turbulence_scheme
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 __all__ = [
@@ -129,6 +154,7 @@ __all__ = [
     "Definition",
     "PublishedRange",
     "build_case",
+    "check_options",
     "case_parameters",
     "definition",
     "output_steps",

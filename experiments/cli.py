@@ -766,6 +766,10 @@ def command_truth(args: argparse.Namespace) -> int:
     days, spinup_days = truth.truth_length(
         case, None if args.hours is None else args.hours / 24.0,
         None if args.spinup_hours is None else args.spinup_hours / 24.0)
+    if spinup_days >= days:  # said in the command line's units, not the API's days
+        raise ConfigurationError(f"--spinup-hours {spinup_days * 24:g} must be shorter than "
+                                 f"--hours {days * 24:g} (the truth keeps what follows the "
+                                 "spin-up)")
     truth.truth_plan(args.levels, args.refinement, args.fine_dt, args.coarse_dt, days,
                      spinup_days)
     parameters = scenarios.sample_scenarios(args.split, args.scenarios, args.seed, case=case)

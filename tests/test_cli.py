@@ -293,6 +293,8 @@ BAD_COMMAND_LINES = [
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["truth", "bomex", "--out", "{tmp}/out.nc"], "unknown case (scenario family) 'bomex'"),
     (["truth", "--hours", "nan", "--out", "{tmp}/out.nc"], "argument --hours: must be a finite"),
+    (["truth", "--hours", "10", "--spinup-hours", "20", "--out", "{tmp}/out.nc"],
+     "--spinup-hours 20 must be shorter than --hours 10"),
     (["bench", "stability", "--split", "train", "--out-dir", "{tmp}/b"], "unknown split "
                                                                          "'train'"),
     (["bench", "stability", "--scenarios", "0", "--out-dir", "{tmp}/b"],

@@ -9,15 +9,18 @@ Usage::
                  [--variables NAME,...] [--average H] [--out FILE.nc] [--plot DIR]
     scm run --config FILE.nc [options]     repeat the run FILE.nc records (options override)
     scm run --restart FILE.nc [options]    continue that run from its last save
-    scm truth [CASE] [--split train|heldout|ood] [--scenarios N] [--hours H]
+    scm truth [CASE] [--split train|validation|test|extrapolation] [--scenarios N] [--hours H]
               [--spinup-hours H] [--seed S] [--levels N] [--refinement R] [--fine-dt S]
               [--coarse-dt S] --out FILE.nc
-    scm experiment turbulence [--quick] [--seeds N] [--workers N] --out-dir DIR
-    scm train [--coupling replace|residual] [--mode offline|online] [--seed S] [--quick]
-              --out-dir DIR
-    scm bench stability [--artifact DIR ...] [--baseline NAME] [--split heldout|ood|all]
-                        [--hours H] [--bound FIELD=LOW:HIGH ...] [--truth-dir DIR]
-                        [--scenarios N] [--out-dir DIR]
+    scm experiment turbulence [--quick] [--config FILE] [--seeds N] [--workers N]
+                              --out-dir DIR
+    scm train [--config FILE] [--quick] [--coupling replace|residual]
+              [--mode offline|online|finetuned] [--seed S] --truth-dir DIR --out-dir DIR
+    scm bench stability [--artifact DIR ...] [--baseline NAME] [--physics NAME ...]
+                        [--split test|extrapolation|all] [--hours H] [--no-truth]
+                        [--fallback off|on|both] [--drift-theta K] [--drift-wind M/S]
+                        [--bound FIELD=LOW:HIGH ...] [--truth-dir DIR] [--scenarios N]
+                        [--per-family N] [--out-dir DIR]
     scm plot FILE.nc [--window START:END] [--out-dir DIR]
     scm compare A.nc B.nc [--out-dir DIR]
     scm inspect DIR
@@ -60,7 +63,7 @@ PROGRAM = "scm"
 MAX_FAILURE_LINES = 10
 
 #: The scenario sets a benchmark runs on.
-BENCH_SPLITS = ("heldout", "ood", "all")
+BENCH_SPLITS = ("test", "extrapolation", "all")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,14 +170,19 @@ def spinup_days_as_hours(text: str) -> float:
     return non_negative(text) * 24.0
 
 
+#: The previous release's scenario sets of ``bench --scenarios`` and the sets they became.
+PREVIOUS_BENCH_SETS = {"heldout": "test", "ood": "extrapolation", "all": "all"}
+
+
 class BenchScenarios(argparse.Action):
     """``--scenarios N`` of ``bench``: the number of scenarios; a set name (the previous
     release's meaning) is taken as ``--split`` with a deprecation note."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if values in BENCH_SPLITS:
-            deprecation_note(parser.prog, f"{option_string} {values}", f"--split {values}")
-            namespace.split = values
+        if values in PREVIOUS_BENCH_SETS or values in BENCH_SPLITS:
+            split = PREVIOUS_BENCH_SETS.get(values, values)
+            deprecation_note(parser.prog, f"{option_string} {values}", f"--split {split}")
+            namespace.split = split
         else:
             try:
                 namespace.scenarios = count(values)
@@ -252,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--case", dest="case_option", action=Deprecated,
                       instead="the positional CASE")
     make.add_argument("--split", default="train",
-                      help="scenario set: train, heldout, ood (default train)")
+                      help="scenario set: train, validation, test, extrapolation (default train)")
     make.add_argument("--scenarios", type=count, default=16,
                       help="number of scenarios (default 16)")
     make.add_argument("--hours", type=positive,
@@ -286,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("name", metavar="NAME", help="experiment: turbulence")
     experiment.add_argument("--quick", action="store_true",
                             help="a small version of everything (about a minute)")
+    experiment.add_argument("--config", metavar="FILE",
+                            help="settings file (TOML or JSON; any ExperimentConfig field, "
+                                 "over the defaults or --quick's)")
     experiment.add_argument("--seeds", type=count, help="number of seeds (default 3; quick 1)")
     add_out_dir(experiment, required=True)
     experiment.add_argument("--workers", type=count, default=2,
@@ -294,17 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.set_defaults(handler=command_experiment)
 
     training = commands.add_parser(
-        "train", help="train one network of the canonical experiment into an artifact",
-        description="Train one network of the turbulence experiment (replacing the coarse "
-                    "turbulence scheme, or correcting the local closure; offline or online) "
-                    "on its training truth and write the artifact into --out-dir. The truth "
-                    "files already in --out-dir are reused.")
-    training.add_argument("--coupling", default="replace", help="replace or residual "
-                                                                "(default replace)")
-    training.add_argument("--mode", default="online", help="offline or online (default online)")
+        "train", help="train one network on truth, selected on the validation set",
+        description="Train one network (coupling, mode, seed) on the training truth in "
+                    "--truth-dir with the experiment's settings or a config file, keep the "
+                    "weights that score best on the validation truth (both made in --truth-dir "
+                    "when missing), and write the artifact with its validation scores into "
+                    "--out-dir (see experiments/turbulence.py).")
+    training.add_argument("--config", metavar="FILE",
+                          help="settings file (TOML or JSON; ExperimentConfig fields)")
+    training.add_argument("--quick", action="store_true", help="the quick settings as base")
+    training.add_argument("--coupling", default="residual", help="replace or residual "
+                                                                 "(default residual)")
+    training.add_argument("--mode", default="online",
+                          help="offline, online or finetuned (default online)")
     training.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
-    training.add_argument("--quick", action="store_true",
-                          help="the experiment's small configuration")
+    training.add_argument("--truth-dir", metavar="DIR", required=True,
+                          help="directory with (or for) truth_train.nc and truth_validation.nc")
     add_out_dir(training, required=True)
     add_progress_and_cache_options(training)
     training.set_defaults(handler=command_train)
@@ -312,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="benchmarks: stability (rollout stability of trained models)",
         description="Judge trained parameterizations for coupled use: long runs of every model "
-                    "on held-out and out-of-distribution scenarios beside the physics "
-                    "baseline; survival, skill, climate, drift, conservation and Jacobian "
-                    "spectra (see experiments/stability.py).")
+                    "on the test and extrapolation scenarios beside the physics baseline, with "
+                    "intervals over scenarios and seeds and per-family tables; survival "
+                    "(drift counts as failure), skill, climate, drift, conservation, "
+                    "Jacobian spectra; --no-truth: truth-free long runs (see "
+                    "experiments/stability.py).")
     bench.add_argument("name", metavar="NAME", help="benchmark: stability")
     bench.add_argument("--artifact", metavar="DIR", dest="artifacts", action="append",
                        default=[], help="trained artifact directory (repeat for several)")
@@ -322,20 +340,35 @@ def build_parser() -> argparse.ArgumentParser:
                        append=True)
     bench.add_argument("--baseline", default="local",
                        help="physics closure beside them (default local)")
-    bench.add_argument("--split", default="all", help="heldout, ood or all (default all)")
-    bench.add_argument("--scenarios", action=BenchScenarios, default=32, metavar="N",
-                       help="scenarios per set when truth is generated (default 32)")
+    bench.add_argument("--physics", metavar="NAME", action="append", default=[],
+                       help="another physics closure to judge (e.g. tke; repeat)")
+    bench.add_argument("--split", default="all",
+                       help="test, extrapolation or all (default all)")
+    bench.add_argument("--scenarios", action=BenchScenarios, default=16, metavar="N",
+                       help="test scenarios when truth or scenarios are drawn (default 16)")
     bench.add_argument("--scenarios-per-set", dest="scenarios", type=count, action=Deprecated,
                        instead="--scenarios")
+    bench.add_argument("--per-family", type=count, default=4, metavar="N",
+                       help="scenarios per extrapolation family when drawn (default 4)")
     bench.add_argument("--hours", type=positive, default=720.0,
-                       help="hours per run (default 720: 30 days)")
+                       help="hours per run (default 720: 30 days; a year is 8760)")
     bench.add_argument("--days", dest="hours", action=Deprecated, instead="--hours",
                        convert=days_as_hours)
+    bench.add_argument("--no-truth", dest="truth_runs", action="store_false",
+                       help="truth-free runs from the case's initial state (e.g. --hours 8760)")
+    bench.add_argument("--fallback", default="off",
+                       help="artifacts' out-of-distribution fallback: off, on or both "
+                            "(default off)")
+    bench.add_argument("--drift-theta", type=positive, default=3.0, metavar="K",
+                       help="daily-mean θ error (K) beyond which a run has failed (default 3)")
+    bench.add_argument("--drift-wind", type=positive, default=5.0, metavar="M/S",
+                       help="daily-mean wind error (m/s) beyond which a run has failed "
+                            "(default 5)")
     bench.add_argument("--bound", metavar="FIELD=LOW:HIGH", dest="bounds", action="append",
                        default=[], help="physical bounds of a field (e.g. thl=200:400; "
                                         "defaults: scm.integration.DEFAULT_BOUNDS)")
     bench.add_argument("--truth-dir", metavar="DIR",
-                       help="directory with truth_heldout.nc / truth_ood.nc (default: "
+                       help="directory with truth_test.nc / truth_extrapolation.nc (default: "
                             "--out-dir; missing files are generated there)")
     bench.add_argument("--truth", dest="truth_dir", action=Deprecated, instead="--truth-dir")
     add_out_dir(bench, default="stability")
@@ -782,7 +815,8 @@ def command_truth(args: argparse.Namespace) -> int:
             parameters, coarse_levels=args.levels, refinement=args.refinement,
             fine_dt=args.fine_dt, coarse_dt=args.coarse_dt, days=days,
             spinup_days=spinup_days, progress=args.progress, split=args.split,
-            seed=args.seed, case=case)
+            seed=args.seed, case=case,
+            labels=scenarios.scenario_labels(args.split, args.scenarios, case=case))
     write_netcdf(dataset, out)
     summary = truth.truth_summary(dataset)
     report_failures(dataset, "scenario")
@@ -809,18 +843,21 @@ def command_experiment(args: argparse.Namespace) -> int:
     from experiments import turbulence
 
     check_range("workers", args.workers, 1, 64)
-    config = experiment_config(args.quick, args.seeds)
+    config = experiment_config(args.quick, args.seeds, args.config)
     if args.cache:
         enable_compilation_cache()
     turbulence.run_experiment(out, config, progress=args.progress, workers=args.workers)
     return 0
 
 
-def experiment_config(quick: bool, seeds: int | None = None):
-    """The turbulence experiment's configuration (quick or full; ``seeds`` seeds)."""
+def experiment_config(quick: bool, seeds: int | None = None, path=None):
+    """The turbulence experiment's configuration (quick or full, with the settings of the
+    file ``path`` over it; ``seeds`` seeds)."""
     from experiments import turbulence
 
     config = turbulence.ExperimentConfig.quick() if quick else turbulence.ExperimentConfig()
+    if path is not None:
+        config = turbulence.ExperimentConfig.from_file(path, config)
     if seeds is not None:
         check_range("seeds", seeds, 1, 100)
         config = dataclasses.replace(config, seeds=tuple(range(seeds)))
@@ -828,19 +865,22 @@ def experiment_config(quick: bool, seeds: int | None = None):
 
 
 def command_train(args: argparse.Namespace) -> int:
-    """Train one network of the turbulence experiment and write its artifact."""
+    """Train one network into ``--out-dir``, selected on the validation truth
+    (``experiments.turbulence.train_command``)."""
     out = check_output_directory("--out-dir", args.out_dir)
+    truth_dir = check_output_directory("--truth-dir", args.truth_dir)
     from experiments import turbulence
     from scm.errors import check_choice
 
     check_choice("coupling", args.coupling, turbulence.COUPLINGS)
-    check_choice("mode", args.mode, ("offline", "online"))
-    config = dataclasses.replace(experiment_config(args.quick), seeds=(args.seed,))
+    check_choice("mode", args.mode, turbulence.MODES)
+    config = dataclasses.replace(experiment_config(args.quick, path=args.config),
+                                 seeds=(args.seed,))
     if args.cache:
         enable_compilation_cache()
-    directory = turbulence.train_artifact(out, config, args.coupling, args.mode, args.seed,
-                                          progress=args.progress)
-    print(f"artifact  {directory}")
+    turbulence.train_command(config, truth_dir, out, args.coupling, args.mode, args.seed,
+                             progress=args.progress)
+    print(f"artifact  {out}")
     return 0
 
 
@@ -860,16 +900,22 @@ def command_bench(args: argparse.Namespace) -> int:
     from scm.errors import check_choice
     from scm.integration import DEFAULT_BOUNDS
 
-    check_choice("baseline", args.baseline, TURBULENCE_NAMES)
+    for name in (args.baseline, *args.physics):
+        check_choice("physics closure", name, TURBULENCE_NAMES)
+    check_choice("fallback", args.fallback, ("off", "on", "both"))
     config = stability.StabilityConfig(days=args.hours / 24.0,
-                                       bounds=parse_bounds(args.bounds, DEFAULT_BOUNDS))
+                                       bounds=parse_bounds(args.bounds, DEFAULT_BOUNDS),
+                                       drift_theta=args.drift_theta,
+                                       drift_wind=args.drift_wind, truth=args.truth_runs)
     for path in args.artifacts:
         load_artifact(path)  # every artifact is checked before anything runs
     if args.cache:
         enable_compilation_cache()
-    stability.run_benchmark(args.artifacts, out, baseline=args.baseline, scenarios=args.split,
-                            truth_dir=args.truth_dir, n_scenarios=args.scenarios,
-                            config=config, progress=args.progress)
+    stability.run_benchmark(args.artifacts, out, baseline=args.baseline,
+                            physics=tuple(args.physics), sets=args.split,
+                            truth_dir=args.truth_dir, config=config, fallback=args.fallback,
+                            sizes={"test": args.scenarios, "extrapolation": args.per_family},
+                            progress=args.progress)
     return 0
 
 
@@ -957,6 +1003,14 @@ def command_inspect(args: argparse.Namespace) -> int:
         ("levels", str(network["levels"])),
         ("head", f"{head['kind']}, " + ", ".join(f"{k} {v:g}" for k, v in
                                                 head["options"].items())),
+        ("features", ", ".join(config.get("features") or ["the default set"])),
+        ("input detector", "ood.json" + (", fallback on by default"
+                                         if config.get("ood", {}).get("fallback") else "")
+         if (directory / "ood.json").exists() else "none"),
+        ("trained with", ", ".join(
+            f"{label} {config[key]}{unit}" for key, label, unit in
+            (("seed", "seed", ""), ("time_step", "time step", " s"))
+            if config.get(key) is not None) or "not recorded"),
         ("written by", f"hybrid-scm {config.get('package_version', 'unknown')}"),
     ]
     weights = directory / "weights.eqx"

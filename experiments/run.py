@@ -192,12 +192,15 @@ def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, f
     columns = (states, failed_at, failed_level)
     if states.u.shape[0] == 1:
         first = lambda tree, axis: tree if axis is None else jax.tree.map(  # noqa: E731
-            lambda a: a[0], tree)
+            lambda a: a[0] if eqx.is_array(a) else a, tree)
         result = one_column(first(models, model_axis), first(forcings, forcing_axis),
                             *first(columns, 0))
         piece, last = jax.tree.map(lambda a: a[None], result)
     else:
-        piece, last = jax.vmap(one_column, in_axes=(model_axis, forcing_axis, 0, 0, 0))(
+        # Models may hold non-array leaves (a network's activation functions): those are
+        # not mapped.
+        mapped = None if model_axis is None else eqx.if_array(model_axis)
+        piece, last = eqx.filter_vmap(one_column, in_axes=(mapped, forcing_axis, 0, 0, 0))(
             models, forcings, *columns)
     return piece, last, piece.failed_at, piece.failed_level
 
@@ -466,11 +469,14 @@ def state_only(model: Model, state: State, flux: State, diagnostics: dict):
 def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt: float,
                    hours: int, *, progress: bool = True, desc: str = "run",
                    bounds: tuple[tuple[str, float, float], ...] | None = None,
-                   output: Callable | None = None) -> tuple[Trajectory, xr.Dataset]:
+                   output: Callable | None = None,
+                   tracers: dict | None = None) -> tuple[Trajectory, xr.Dataset]:
     """Run every scenario of a coarse-grained truth dataset (``experiments.truth``) from its
     first state for ``hours`` hours with steps of ``dt`` (the truth's own spacing), saving
     hourly; ``models`` and ``forcings`` are stacked per scenario; ``output`` as for
-    ``run_ensemble`` (``state_only`` when the fluxes and diagnostics are not wanted).
+    ``run_ensemble`` (``state_only`` when the fluxes and diagnostics are not wanted);
+    ``tracers``: initial tracer profiles ``(scenario, z)`` of schemes that own some (the
+    truth holds none).
 
     Returns the trajectory and the truth at the same hourly times, scenarios first like the
     trajectory (dims ``(column, time, ...)``), so that errors are
@@ -489,7 +495,7 @@ def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt
             f"fewer than the {hours} h asked for")
     dtype = models.grid.z.dtype
     u, v, theta = (jnp.asarray(hourly[name].values[:, 0], dtype) for name in ("u", "v", "theta"))
-    run = run_ensemble(models, forcings, State(u, v, theta, jnp.zeros_like(u)), dt,
+    run = run_ensemble(models, forcings, State(u, v, theta, jnp.zeros_like(u), tracers or {}), dt,
                        float(hourly["time"].values[0]), hours * steps_per_hour, steps_per_hour,
                        progress=progress, desc=desc, bounds=bounds, output=output)
     return run, hourly

@@ -1,24 +1,30 @@
-"""Scenario families of the ``diurnal``, ``gabls1`` and ``dry_cbl`` cases, and stacking of
+"""Scenario sets of the ``diurnal``, ``gabls1`` and ``dry_cbl`` cases, and stacking of
 scenarios for vectorised runs.
 
 A scenario is a dict of one case's parameters (``build_case(case, **scenario)``). Each case
-with a family (``CASES``) has training ranges and out-of-distribution bands for the
-parameters it varies (``FAMILIES``; table in ``docs/truth.md``). Three splits are drawn:
+with a family (``CASES``) has, for every parameter it varies, a **training range**, and
+bands beyond it (``FAMILIES``; tables in ``docs/truth.md``). Four disjoint sets are drawn,
+each from a random stream of its own (``SeedSequence(seed, spawn_key=(set, case, ...))``), so
+any set can be redrawn with another seed without touching the others:
 
-- ``train`` and ``heldout``: every varied parameter uniform over its training range, the two
-  splits from different seeds derived from the same user seed, so the sets differ;
-- ``ood`` (out of distribution): the parameters listed in the family's ``ood`` bands drawn
-  from those bands, outside their training ranges (``diurnal``: stronger geostrophic wind,
-  larger diurnal amplitude and latitudes outside the training band, half of the scenarios on
-  each side of it; ``gabls1``: stronger surface cooling and geostrophic wind; ``dry_cbl``:
-  larger surface heat flux and an inversion weaker or stronger than in training, half each),
-  the other varied parameters over their training ranges.
+- ``train``: every varied parameter over its training range;
+- ``validation``: the only set for design choices, early stopping and model selection. Half
+  of it lies inside the training ranges; the other half are **margin** scenarios, in which
+  one parameter (in turn) lies just outside its training range, in a band between the
+  training range and the extrapolation bands (``ScenarioFamily.margin``). It is closer to the
+  training data than any extrapolation scenario, so tuning on it cannot tune on them;
+- ``test``: the training ranges again, a different draw, looked at once at the end;
+- ``extrapolation``: families (``ScenarioFamily.extrapolation``) that push one parameter, or
+  several jointly, beyond the margin bands toward the case's documented limits, the other
+  parameters over their training ranges; ``n`` scenarios per family.
 
-Samples are Latin hypercubes (McKay et al. 1979): each parameter's range is cut into ``n``
-equal strata and every stratum holds exactly one scenario, so even small sets cover the
-ranges. Parameters that are not varied keep the case defaults and are written out, so a
-scenario records the whole configuration. ``TRAINING_RANGES`` and ``OOD_RANGES`` are the
-``diurnal`` family's, the default everywhere a case is not named.
+Samples are Latin hypercubes (McKay et al. 1979): each range (or union of bands) is cut into
+``n`` equal strata and every stratum holds exactly one scenario, so even small sets cover
+the ranges. Parameters in ``ScenarioFamily.log_scale`` (roughness lengths, which span
+decades) are sampled uniformly in their logarithm. Parameters a family does not vary keep
+the case defaults; every scenario records the whole configuration. ``scenario_labels`` names
+the family (``"train"``, ``"test"``, ``"validation"``, ``"margin_<parameter>"`` or an
+extrapolation family) of every scenario a call of ``sample_scenarios`` returns.
 
 Scenarios run together: ``stack_pytrees`` stacks the models, forcings and initial states of
 several built cases along a new leading axis, for ``jax.vmap`` over all three
@@ -48,63 +54,96 @@ from scm.state import State
 #: The default case of every function here (the family the truth was first made for).
 CASE = "diurnal"
 
-SPLITS: tuple[str, ...] = ("train", "heldout", "ood")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "extrapolation")
 
 Ranges = Mapping[str, tuple[float, float]]
 Bands = Mapping[str, tuple[tuple[float, float], ...]]
 
-#: Training ranges (low, high) of the varied ``diurnal`` parameters, in the case's units:
-#: degrees_north, m s-1, K, K, K km-1. Inside the case's documented ranges.
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioFamily:
+    """The varied parameters of one case, in the case's units.
+
+    ``training``: name → (low, high), every varied parameter; ``margin``: name → bands just
+    outside the training range (validation only); ``extrapolation``: family name → {name →
+    bands} beyond the margins; ``log_scale``: parameters sampled uniformly in their logarithm.
+    Every other parameter keeps its case default."""
+
+    training: Ranges
+    extrapolation: Mapping[str, Bands]
+    margin: Bands = dataclasses.field(default_factory=dict)
+    log_scale: frozenset[str] = frozenset()
+
+
+#: Training ranges of the ``diurnal`` parameters (all eight the case exposes), inside the
+#: case's documented ranges: degrees_north, m s-1, K, K, K km-1, K day-1, h, m.
 TRAINING_RANGES: dict[str, tuple[float, float]] = {
     "latitude": (30.0, 60.0),
     "geostrophic_wind": (5.0, 12.0),
     "surface_temperature": (280.0, 300.0),
     "diurnal_amplitude": (4.0, 10.0),
     "lapse_rate": (4.0, 6.0),
+    "cooling_rate": (1.0, 2.0),
+    "relaxation_time": (3.0, 12.0),
+    "roughness_length": (0.03, 0.3),
 }
 
-#: Out-of-distribution ranges: one or more bands per parameter (a sample falls in each band in
-#: proportion to its width); parameters not listed keep their training range.
-OOD_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
-    "geostrophic_wind": ((13.0, 18.0),),
-    "diurnal_amplitude": ((11.0, 14.0),),
-    "latitude": ((15.0, 25.0), (65.0, 75.0)),
+#: Validation margins: bands just outside each training range, short of the extrapolation
+#: bands (the two never overlap).
+MARGIN_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "latitude": ((24.0, 30.0), (60.0, 66.0)),
+    "geostrophic_wind": ((4.0, 5.0), (12.0, 14.0)),
+    "surface_temperature": ((277.0, 280.0), (300.0, 303.0)),
+    "diurnal_amplitude": ((2.5, 4.0), (10.0, 11.5)),
+    "lapse_rate": ((3.6, 4.0), (6.0, 6.6)),
+    "cooling_rate": ((0.8, 1.0), (2.0, 2.3)),
+    "relaxation_time": ((2.0, 3.0), (12.0, 16.0)),
+    "roughness_length": ((0.012, 0.03), (0.3, 0.5)),
 }
 
-
-@dataclasses.dataclass(frozen=True)
-class ScenarioFamily:
-    """The varied parameters of one case: ``training`` ranges name → (low, high) and
-    out-of-distribution ``ood`` bands name → ((low, high), ...), in the case's units. Every
-    other parameter keeps its case default."""
-
-    training: Ranges
-    ood: Bands
+#: Extrapolation families: each pushes one parameter (or several, jointly) beyond its margin
+#: toward the case's limits (latitude 10-80, wind 2-20 m s-1, θs 270-310 K, amplitude
+#: 0-15 K, lapse rate 3-8 K km-1, cooling 0.5-3 K day-1, relaxation 1-24 h, z0 1 mm-1 m).
+EXTRAPOLATION_FAMILIES: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
+    "strong_wind": {"geostrophic_wind": ((15.0, 20.0),)},
+    "weak_wind": {"geostrophic_wind": ((2.0, 3.5),)},
+    "latitude": {"latitude": ((10.0, 20.0), (70.0, 80.0))},
+    "large_amplitude": {"diurnal_amplitude": ((12.0, 15.0),)},
+    "roughness": {"roughness_length": ((0.001, 0.0017), (0.6, 1.0))},
+    "stratification": {"lapse_rate": ((3.0, 3.4), (7.0, 8.0))},
+    "radiation": {"cooling_rate": ((0.5, 0.7), (2.5, 3.0)),
+                  "relaxation_time": ((1.0, 1.7), (18.0, 24.0))},
+    "surface_temperature": {"surface_temperature": ((270.0, 275.0), (305.0, 310.0))},
+    "joint": {"geostrophic_wind": ((14.0, 18.0),), "diurnal_amplitude": ((11.5, 14.0),),
+              "latitude": ((66.0, 76.0),), "roughness_length": ((0.5, 0.8),),
+              "lapse_rate": ((6.6, 7.5),)},
+}
 
 
 #: Scenario families by case, inside the cases' documented ranges (``case_parameters``).
 #: GABLS1 (Beare et al. 2006; defaults 0.25 K h-1, 8 m s-1, z0 = 0.1 m): stability and shear
-#: of the stable layer vary around the default; OOD is a colder surface under a stronger wind.
-#: Dry CBL (Sullivan & Patton 2011; defaults 0.24 K m s-1, 1 m s-1, 8 K, 3 K km-1): weak to
-#: vigorous convection, with and without shear; OOD is stronger heating under an inversion
-#: weaker or stronger than in training (half each). The bounds keep every layer well below
-#: the case's top, which no turbulent flux may cross: in TKE runs of the corners over the
-#: case's length (64 and 128 levels) the GABLS1 stress-based height stayed below 290 m of
-#: 400 m, and the dry CBL's updraft top below 1250 m (training) and 1750 m (OOD) of 2000 m.
-#: Stronger heating under a weaker inversion than the OOD corner (0.32 K m s-1, 4 K,
-#: 3 K km-1) reaches the top within the 4 h.
+#: of the stable layer vary around the default; its extrapolation is a colder surface under a
+#: stronger wind. Dry CBL (Sullivan & Patton 2011; defaults 0.24 K m s-1, 1 m s-1, 8 K,
+#: 3 K km-1): weak to vigorous convection, with and without shear; its extrapolation is
+#: stronger heating under an inversion weaker or stronger than in training (half each). The
+#: bounds keep every layer well below the case's top, which no turbulent flux may cross: in
+#: TKE runs of the corners over the case's length (64 and 128 levels) the GABLS1 stress-based
+#: height stayed below 290 m of 400 m, and the dry CBL's updraft top below 1250 m (training)
+#: and 1750 m (extrapolation) of 2000 m. Stronger heating under a weaker inversion than the
+#: extrapolation corner (0.32 K m s-1, 4 K, 3 K km-1) reaches the top within the 4 h.
 FAMILIES: dict[str, ScenarioFamily] = {
-    "diurnal": ScenarioFamily(TRAINING_RANGES, OOD_RANGES),
+    "diurnal": ScenarioFamily(TRAINING_RANGES, EXTRAPOLATION_FAMILIES, MARGIN_RANGES,
+                              frozenset({"roughness_length"})),
     "gabls1": ScenarioFamily(
         training={
             "surface_cooling_rate": (0.1, 0.5),  # K h-1
             "geostrophic_wind": (5.0, 10.0),  # m s-1
             "roughness_length": (0.02, 0.2),  # m, momentum and heat
         },
-        ood={
+        extrapolation={"cold_windy": {
             "surface_cooling_rate": ((0.6, 1.0),),
             "geostrophic_wind": ((11.0, 14.0),),
-        },
+        }},
     ),
     "dry_cbl": ScenarioFamily(
         training={
@@ -113,10 +152,10 @@ FAMILIES: dict[str, ScenarioFamily] = {
             "inversion_jump": (6.0, 10.0),  # K
             "lapse_rate": (3.0, 6.0),  # K km-1
         },
-        ood={
+        extrapolation={"strong_heating": {
             "surface_heat_flux": ((0.28, 0.32),),
             "inversion_jump": ((4.0, 5.0), (11.0, 12.0)),
-        },
+        }},
     ),
 }
 
@@ -133,44 +172,100 @@ def scenario_family(case: str = CASE) -> ScenarioFamily:
     return FAMILIES[case]
 
 
-def split_ranges(split: str, case: str = CASE) -> dict[str, tuple[tuple[float, float], ...]]:
-    """The bands each varied parameter of ``case`` is drawn from in ``split``:
-    name → ((low, high), ...)."""
+def extrapolation_families(case: str = CASE) -> tuple[str, ...]:
+    """The names of ``case``'s extrapolation families, in sampling order."""
+    return tuple(scenario_family(case).extrapolation)
+
+
+def _check_request(split: str, n, seed, families) -> tuple[str, ...] | None:
     check_choice("split", split, SPLITS)
-    family = scenario_family(case)
-    bands = {name: (limits,) for name, limits in family.training.items()}
-    if split == "ood":
-        bands.update(family.ood)
-    return bands
-
-
-def sample_scenarios(split: str, n: int, seed: int = 0, *,
-                     case: str = CASE) -> list[dict[str, float]]:
-    """``n`` scenarios of ``case`` in ``split`` ("train", "heldout" or "ood"), deterministic in
-    ``(case, split, n, seed)``: a Latin hypercube over the split's ranges (``split_ranges``).
-
-    Returns parameter dicts for ``build_case(case, **scenario)`` holding every case parameter
-    (the varied ones drawn, the others at the case defaults).
-    """
-    check_choice("split", split, SPLITS)
-    bands = split_ranges(split, case)
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
         raise ConfigurationError(f"number of scenarios must be an integer (got {n!r})")
     check_range("number of scenarios", n, 1, MAX_SCENARIOS)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ConfigurationError(f"seed must be an integer (got {seed!r})")
     check_range("seed", seed, 0, 2**63 - 1)
-    n = int(n)
-    # One independent stream per split (spawn key = split index): train and heldout differ.
-    # Families other than the diurnal one append their case index, so they draw from streams
-    # of their own while diurnal sets stay what they always were.
-    family_key = () if case == CASE else (CASES.index(case),)
-    stream = np.random.SeedSequence(int(seed), spawn_key=(SPLITS.index(split), *family_key))
-    rng = np.random.default_rng(stream)
+    return None if families is None else tuple(families)
+
+
+def scenario_labels(split: str, n: int, *, case: str = CASE,
+                    families: Sequence[str] | None = None) -> list[str]:
+    """The family of each scenario ``sample_scenarios(split, n, ..., families=families)``
+    returns, in the same order: the split's name for ``train`` and ``test``; ``validation``
+    or ``margin_<parameter>`` for the validation set; the extrapolation family otherwise."""
+    family = scenario_family(case)
+    families = _check_request(split, n, 0, families)
+    if split == "extrapolation":
+        chosen = _chosen_families(family, families)
+        return [name for name in chosen for _ in range(int(n))]
+    if split != "validation" or not family.margin:
+        return [split] * int(n)
+    margins = list(family.margin)
+    inside = -(-int(n) // 2)
+    return ["validation"] * inside + [f"margin_{margins[i % len(margins)]}"
+                                      for i in range(int(n) - inside)]
+
+
+def _chosen_families(family: ScenarioFamily, families: tuple[str, ...] | None):
+    if families is None:
+        return tuple(family.extrapolation)
+    for name in families:
+        check_choice("extrapolation family", name, tuple(family.extrapolation))
+    if not families:
+        raise ConfigurationError("extrapolation families: name at least one")
+    return families
+
+
+def split_ranges(split: str, case: str = CASE,
+                 label: str | None = None) -> dict[str, tuple[tuple[float, float], ...]]:
+    """The bands each varied parameter of ``case`` is drawn from for scenarios of ``label``
+    (a ``scenario_labels`` entry; default: the split's first) in ``split``:
+    name → ((low, high), ...)."""
+    check_choice("split", split, SPLITS)
+    family = scenario_family(case)
+    bands = {name: (limits,) for name, limits in family.training.items()}
+    if split == "extrapolation":
+        label = next(iter(family.extrapolation)) if label is None else label
+        check_choice("extrapolation family", label, tuple(family.extrapolation))
+        bands.update(family.extrapolation[label])
+    elif label is not None and label.startswith("margin_"):
+        name = label.removeprefix("margin_")
+        check_choice("margin parameter", name, tuple(family.margin))
+        bands[name] = family.margin[name]
+    return bands
+
+
+def sample_scenarios(split: str, n: int, seed: int = 0, *, case: str = CASE,
+                     families: Sequence[str] | None = None) -> list[dict[str, float]]:
+    """Scenarios of ``case`` in ``split`` (``SPLITS``), deterministic in ``(case, split, n,
+    seed, families)``: Latin hypercubes over the bands of ``split_ranges``.
+
+    ``n`` scenarios for ``train``, ``validation`` and ``test``; ``n`` per extrapolation family
+    (``families``, default all, in their order) for ``extrapolation``. Returns parameter dicts
+    for ``build_case(case, **scenario)`` holding every case parameter (the varied ones drawn,
+    the others at the case defaults); ``scenario_labels`` gives their families.
+    """
+    family = scenario_family(case)
+    families = _check_request(split, n, seed, families)
+    labels = scenario_labels(split, n, case=case, families=families)
+    key = (SPLITS.index(split), CASES.index(case))
     defaults = {name: float(spec[0]) for name, spec in case_parameters(case).items()}
-    drawn = {name: _bands(_latin_hypercube(rng, n), limits) for name, limits in bands.items()}
-    return [{**defaults, **{name: float(values[i]) for name, values in drawn.items()}}
-            for i in range(n)]
+    scenarios: list[dict[str, float]] = [dict(defaults) for _ in labels]
+    # One stream per label (an extrapolation family, the margin scenarios of one parameter,
+    # the rest), keyed by the label's place among all of the set's labels: choosing other
+    # families or scenarios of another kind never moves a draw.
+    every = ([split, *(f"margin_{name}" for name in family.margin)] if split != "extrapolation"
+             else list(family.extrapolation))
+    for label in dict.fromkeys(labels):
+        members = [i for i, name in enumerate(labels) if name == label]
+        stream = np.random.SeedSequence(int(seed), spawn_key=(*key, every.index(label)))
+        rng = np.random.default_rng(stream)
+        for name, bands in split_ranges(split, case, label).items():
+            values = _bands(_latin_hypercube(rng, len(members)), bands,
+                            name in family.log_scale)
+            for member, value in zip(members, values, strict=True):
+                scenarios[member][name] = float(value)
+    return scenarios
 
 
 def _latin_hypercube(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -178,8 +273,13 @@ def _latin_hypercube(rng: np.random.Generator, n: int) -> np.ndarray:
     return (rng.permutation(n) + rng.uniform(size=n)) / n
 
 
-def _bands(unit: np.ndarray, bands: tuple[tuple[float, float], ...]) -> np.ndarray:
-    """Map [0, 1) onto the union of ``bands`` laid end to end (uniform over the union)."""
+def _bands(unit: np.ndarray, bands: tuple[tuple[float, float], ...],
+           log_scale: bool = False) -> np.ndarray:
+    """Map [0, 1) onto the union of ``bands`` laid end to end (uniform over the union, in the
+    logarithm of the parameter when ``log_scale``)."""
+    if log_scale:
+        logs = tuple((math.log(low), math.log(high)) for low, high in bands)
+        return np.exp(_bands(unit, logs))
     widths = np.array([high - low for low, high in bands])
     position = unit * widths.sum()
     edges = np.concatenate([[0.0], np.cumsum(widths)])
@@ -249,13 +349,16 @@ def stack_cases(cases: Sequence[Case]) -> tuple[Model, ForcingSeries, State]:
 __all__ = [
     "CASE",
     "CASES",
+    "EXTRAPOLATION_FAMILIES",
     "FAMILIES",
-    "OOD_RANGES",
+    "MARGIN_RANGES",
     "SPLITS",
     "TRAINING_RANGES",
     "ScenarioFamily",
+    "extrapolation_families",
     "sample_scenarios",
     "scenario_family",
+    "scenario_labels",
     "split_ranges",
     "stack_cases",
     "stack_pytrees",

@@ -262,6 +262,7 @@ def generate_truth(
     split: str | None = None,
     seed: int | None = None,
     case: str = CASE,
+    labels: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Run the high-resolution truth of ``parameters_list`` (scenarios of ``case``: "diurnal",
     "gabls1" or "dry_cbl", e.g. from ``experiments.scenarios.sample_scenarios``) and return it
@@ -273,9 +274,10 @@ def generate_truth(
     ``coarse_dt`` (s since the case's start: for ``diurnal`` midnight, so the time of day is
     ``time mod 86400``); ``days`` and ``spinup_days`` default to the case's
     (``truth_length``); layout in ``docs/truth.md``. ``split`` and ``seed`` are only recorded
-    (provenance), ``case`` is recorded too. A scenario whose fine run fails is flagged in
-    ``failed_at`` and warned about (``RuntimeWarning``); after the failure its values are held
-    at the last valid state.
+    (provenance), ``case`` is recorded too, and so are ``labels``, the family of each scenario
+    (``experiments.scenarios.scenario_labels``; default: the split's name), as the variable
+    ``family``. A scenario whose fine run fails is flagged in ``failed_at`` and warned about
+    (``RuntimeWarning``); after the failure its values are held at the last valid state.
     """
     start = time.perf_counter()
     family = scenario_family(case)
@@ -284,6 +286,11 @@ def generate_truth(
     parameters_list = [dict(p) for p in parameters_list]
     if not parameters_list:
         raise ConfigurationError("generate_truth needs at least one scenario")
+    labels = [str(split or "scenario")] * len(parameters_list) if labels is None else list(
+        labels)
+    if len(labels) != len(parameters_list):
+        raise ConfigurationError(f"generate_truth: {len(labels)} family labels for "
+                                 f"{len(parameters_list)} scenarios")
     fine = [build_case(case, levels=plan.fine_levels, dt=float(fine_dt), hours=days * 24.0,
                        turbulence="tke", **p) for p in parameters_list]
     coarse_grid = build_case(case, levels=int(coarse_levels), **parameters_list[0]).model.grid
@@ -339,6 +346,10 @@ def generate_truth(
         ("column", "z_interface"), np.asarray(fine_grids.rho_interface[:, ::refinement]),
         {**REFERENCE_METADATA["rho"], "long_name": "reference air density of the "
          "high-resolution grid at the coarse interfaces"})
+    variables["family"] = xr.Variable(
+        "column", np.asarray(labels, dtype=str),
+        {"units": "1", "long_name": "scenario family (train, validation, margin_<parameter>, "
+         "test or an extrapolation family)"})
     specs = case_parameters(case)
     for name, (_, _, _, units, text) in specs.items():
         values = [float(built.parameters[name]) for built in fine]
@@ -374,9 +385,14 @@ def generate_truth(
         "training_range": {name: list(limits) for name, limits in family.training.items()},
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
-    if split == "ood":
-        attrs["ood_range"] = {name: [x for band in bands for x in band]
-                              for name, bands in family.ood.items()}
+    if split == "validation" and family.margin:
+        attrs["margin_range"] = {name: [x for band in bands for x in band]
+                                 for name, bands in family.margin.items()}
+    if split == "extrapolation":
+        attrs["extrapolation_range"] = {
+            f"{label}_{name}": [x for band in bands for x in band]
+            for label, varied in family.extrapolation.items() for name, bands in varied.items()
+            if label in labels}
     dataset = xr.Dataset(variables, coords=coords, attrs=global_attributes(attrs))
     for index in np.flatnonzero(failed):
         warnings.warn(
@@ -463,6 +479,22 @@ def check_truth_grid(dataset: xr.Dataset, grid: ColumnGrid, path="dataset") -> N
             f"{model_interfaces[0, -1]:g} m; up to {difference:g} m apart)")
 
 
+def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
+    """The case parameters of every scenario of a truth dataset."""
+    names = [n.removeprefix("parameter_") for n in dataset.data_vars
+             if n.startswith("parameter_")]
+    return [{n: float(dataset[f"parameter_{n}"].values[i]) for n in names}
+            for i in range(dataset.sizes["column"])]
+
+
+def scenario_families(dataset: xr.Dataset) -> list[str]:
+    """The family of every scenario of a truth dataset (its ``family`` variable; files
+    without one: the split's name)."""
+    if "family" in dataset:
+        return [str(x) for x in dataset["family"].values]
+    return [str(dataset.attrs.get("split", "scenario"))] * dataset.sizes["column"]
+
+
 def truth_summary(dataset: xr.Dataset) -> dict:
     """Scenarios, time span (s) and failed scenarios of a truth dataset, for reports."""
     times = dataset["time"].values
@@ -485,6 +517,8 @@ __all__ = [
     "coarse_layer_mass",
     "generate_truth",
     "load_truth",
+    "scenario_families",
+    "scenario_parameters",
     "truth_length",
     "truth_plan",
     "truth_summary",

@@ -4,23 +4,27 @@ Written for one column (batch with ``jax.vmap``). It fills the turbulence slot i
 closure and holds the same surface layer, so the physical surface fluxes still enter the
 column (``surface_exchange=True``) and the diagnostics ``ustar``, ``surface_heat_flux`` and
 ``obukhov_length`` are reported as the closures report them. With ``surface_exchange=False``
-the surface layer only provides the u* feature: that is the form to use as the correction in
-``nn.wrappers.Residual`` (the physics already carries the surface exchange).
+the surface layer only provides the surface-scaled features: that is the form to use as the
+correction in ``nn.wrappers.Residual`` (the physics already carries the surface exchange).
 
-Only the network is trained; the normalization and the head's physical scales are frozen
-(``trainable_filter`` gives the filter spec for ``eqx.partition`` and the optimizer).
+What is trained (``trainable_filter``): every floating-point array of the trained slot's
+scheme, except the frozen parts: physics schemes and surface layers (classes of the
+``physics`` package), feature normalizations, head scales, out-of-distribution detectors,
+and the fields a module names in its class attribute ``frozen_fields``. So the network of a
+``NeuralParameterization``, the correction of a ``Residual`` and the weights a researcher's
+own ``AbstractParameterization`` holds are trained; physical constants stay as they are.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from nn.features import PROFILE_NAMES, SCALAR_NAMES, Normalization, column_features
+from nn import networks
+from nn.features import FeatureSet, Normalization
 from nn.heads import AbstractHead
-from nn.networks import ColumnMLP, LocalConvNet
+from nn.ood import InputDistance
 from physics.surface import AbstractSurfaceLayer
 from physics.turbulence import surface_diagnostics
 from scm.forcing import Forcing
@@ -29,57 +33,104 @@ from scm.parameterization import AbstractParameterization, Tendency
 from scm.state import State
 
 
-class NeuralParameterization(AbstractParameterization):
-    """Tendency = head(network(normalization(features(state, forcing, u*)))).
+def _default_features() -> FeatureSet:
+    return FeatureSet.from_names()
 
-    ``surface`` may be ``None`` (then u* = 0 as a feature and no surface exchange).
+
+class NeuralParameterization(AbstractParameterization):
+    """Tendency = head(network(normalization(features(state, forcing, surface fluxes)))).
+
+    ``surface`` may be ``None`` (then the surface features are those of a calm, neutral
+    surface and there is no surface exchange). ``network`` maps ``(profiles (P, z), scalars
+    (S,))`` to ``(head.out_channels, head.out_length(z))``; an ``eqx.nn.MLP`` (one flat
+    vector in and out) is wrapped in ``nn.networks.FlatNetwork`` for that.
     """
 
     surface: AbstractSurfaceLayer | None
     normalization: Normalization
     network: eqx.Module
     head: AbstractHead
-    surface_exchange: bool = eqx.field(static=True, default=True)
+    surface_exchange: bool = eqx.field(static=True)
+    features: FeatureSet
+
+    def __init__(self, surface, normalization, network, head, surface_exchange: bool = True,
+                 features: FeatureSet | None = None):
+        if isinstance(network, eqx.nn.MLP):
+            network = networks.FlatNetwork(network, head.out_channels)
+        self.surface, self.normalization, self.network, self.head = (surface, normalization,
+                                                                     network, head)
+        self.surface_exchange = surface_exchange
+        self.features = _default_features() if features is None else features
+
+    def raw_features(self, state: State, forcing: Forcing, grid: ColumnGrid):
+        """(unnormalized profiles, scalars, surface fluxes or ``None``) of one column."""
+        fluxes = None if self.surface is None else self.surface.fluxes(state, forcing, grid)
+        return (*self.features(state, forcing, grid, fluxes), fluxes)
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
-        fluxes = None if self.surface is None else self.surface.fluxes(state, forcing, grid)
-        ustar = jnp.zeros_like(state.thl[0]) if fluxes is None else fluxes.ustar
-        profiles, scalars = column_features(self.normalization, state, forcing, grid, ustar)
-        outputs = self.network(profiles, scalars)
+        profiles, scalars, fluxes = self.raw_features(state, forcing, grid)
+        outputs = self.network(*self.normalization(profiles, scalars))
         exchange = fluxes if self.surface_exchange else None
         tendency = self.head(outputs, state, grid, exchange)
         diagnostics = {} if exchange is None else surface_diagnostics(exchange)
         return Tendency(tendency.tendency, tendency.flux, tendency.diffusivity, diagnostics)
 
 
+def network_shape(head: AbstractHead, n_levels: int,
+                  features: FeatureSet | None = None) -> networks.NetworkShape:
+    """The ``NetworkShape`` a network between ``features`` and ``head`` must have."""
+    features = _default_features() if features is None else features
+    return networks.NetworkShape(len(features.profiles), len(features.scalars), n_levels,
+                                 head.out_channels, head.out_length(n_levels),
+                                 head.on_interfaces)
+
+
 def make_network(kind: str, head: AbstractHead, n_levels: int, *, key: PRNGKeyArray,
-                 **options) -> eqx.Module:
-    """A ``"mlp"`` (``ColumnMLP``) or ``"conv"`` (``LocalConvNet``) sized for ``head``."""
-    c_in, s_in = len(PROFILE_NAMES), len(SCALAR_NAMES)
-    # Built by one compiled call (the same weights): run eagerly, each layer's random
-    # initialization compiles a program of its own, ≈ 0.4 s apiece.
-    if kind == "mlp":
-        return eqx.filter_jit(ColumnMLP)(c_in, s_in, n_levels, head.out_channels,
-                                         head.out_length(n_levels), key=key, **options)
-    if kind == "conv":
-        return eqx.filter_jit(LocalConvNet)(c_in, s_in, head.out_channels,
-                                            on_interfaces=head.on_interfaces, key=key,
-                                            **options)
-    raise ValueError(f"network kind must be 'mlp' or 'conv' (got {kind!r})")
+                 features: FeatureSet | None = None, **options) -> eqx.Module:
+    """The network ``kind`` (``nn.networks.make_network``) sized for ``features`` and
+    ``head`` on ``n_levels`` levels."""
+    return networks.make_network(kind, network_shape(head, n_levels, features), key=key,
+                                 **options)
 
 
-def trainable_filter(tree):
-    """Filter spec (same structure as ``tree``): True on the floating arrays of every
-    ``NeuralParameterization.network`` inside ``tree``, False elsewhere (frozen scales and
-    normalization, physics parameters)."""
-    def is_neural(x):
-        return isinstance(x, NeuralParameterization)
+def is_frozen(x) -> bool:
+    """True for the modules whose arrays are never trained (see the module docstring; the
+    column grid of a model too)."""
+    if isinstance(x, Normalization | AbstractHead | AbstractSurfaceLayer | InputDistance
+                  | ColumnGrid):
+        return True
+    return isinstance(x, AbstractParameterization) and type(x).__module__.startswith(
+        "physics.")
+
+
+def trainable_filter(tree, slot: str | None = None):
+    """Filter spec (a prefix of ``tree``'s structure, for ``eqx.partition`` and the
+    optimizer): True on the trainable floating arrays (module docstring), False elsewhere.
+    With ``slot``, only that slot of a ``scm.model.Model`` is trained."""
+    if slot is not None:
+        false = jax.tree.map(lambda _: False, tree)
+        return eqx.tree_at(lambda m: getattr(m, slot), false,
+                           trainable_filter(getattr(tree, slot)))
 
     def spec(x):
-        if is_neural(x):
-            false = jax.tree.map(lambda _: False, x)
-            return eqx.tree_at(lambda p: p.network, false,
-                               jax.tree.map(eqx.is_inexact_array, x.network))
-        return False
+        if is_frozen(x):
+            return False
+        if isinstance(x, eqx.Module):
+            names = getattr(type(x), "frozen_fields", ())
+            marked = jax.tree.map(spec, x, is_leaf=lambda y: y is not x and _boundary(y))
+            for name in names:
+                marked = eqx.tree_at(lambda m, n=name: getattr(m, n), marked,
+                                     jax.tree.map(lambda _: False, getattr(x, name)))
+            return marked
+        return eqx.is_inexact_array(x)
 
-    return jax.tree.map(spec, tree, is_leaf=is_neural)
+    return jax.tree.map(spec, tree, is_leaf=_boundary)
+
+
+def _boundary(x) -> bool:
+    """Where ``trainable_filter`` stops to decide: every module (frozen or not)."""
+    return isinstance(x, eqx.Module)
+
+
+__all__ = ["NeuralParameterization", "is_frozen", "make_network", "network_shape",
+           "trainable_filter"]

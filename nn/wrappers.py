@@ -10,6 +10,8 @@ Both wrap (never subclass), as ``AbstractParameterization`` asks.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 from jaxtyping import Array, Float
 
@@ -57,6 +59,8 @@ class Blend(AbstractParameterization):
     physics: AbstractParameterization
     network: AbstractParameterization
     weight: Float[Array, ""]
+    #: The weight is set, not learned (``nn.parameterization.trainable_filter``).
+    frozen_fields: ClassVar[tuple[str, ...]] = ("weight",)
 
     def __init__(self, physics: AbstractParameterization, network: AbstractParameterization,
                  weight=0.5):

@@ -19,7 +19,9 @@ class Forcing(eqx.Module):
     vertical velocity, negative downward) m s-1; prescribed tendencies K s-1 and kg kg-1 s-1;
     ``relaxation_rate`` s-1 (1/τ, zero where the column is free); surface values at z = 0:
     potential temperature K, kinematic heat flux K m s-1, moisture flux kg kg-1 m s-1,
-    friction velocity m s-1 (used only by schemes that prescribe it).
+    friction velocity m s-1 (used only by schemes that prescribe it); ``time`` (s since the
+    case's start) is the instant itself, set by ``ForcingSeries.at`` (for schemes that depend
+    on the time of day, such as networks given it as a feature).
     """
 
     coriolis_parameter: Float[Array, ""]
@@ -35,6 +37,7 @@ class Forcing(eqx.Module):
     surface_heat_flux: Float[Array, ""]
     surface_moisture_flux: Float[Array, ""]
     surface_friction_velocity: Float[Array, ""]
+    time: Float[Array, ""]
 
     @classmethod
     def create(cls, n_levels: int, **values) -> Forcing:
@@ -80,11 +83,14 @@ class ForcingSeries(eqx.Module):
 
     def at(self, t) -> Forcing:
         times = self.times
+        now = jnp.asarray(t, times.dtype)
         if times.shape[0] == 1:
-            return jax.tree.map(lambda a: a[0], self.forcing)
-        if self.period is not None:
-            t = times[0] + jnp.mod(t - times[0], self.period)
-        t = jnp.clip(t, times[0], times[-1])
-        i = jnp.clip(jnp.searchsorted(times, t, side="right") - 1, 0, times.shape[0] - 2)
-        w = (t - times[i]) / (times[i + 1] - times[i])
-        return jax.tree.map(lambda a: a[i] + w * (a[i + 1] - a[i]), self.forcing)
+            forcing = jax.tree.map(lambda a: a[0], self.forcing)
+        else:
+            if self.period is not None:
+                t = times[0] + jnp.mod(t - times[0], self.period)
+            t = jnp.clip(t, times[0], times[-1])
+            i = jnp.clip(jnp.searchsorted(times, t, side="right") - 1, 0, times.shape[0] - 2)
+            w = (t - times[i]) / (times[i + 1] - times[i])
+            forcing = jax.tree.map(lambda a: a[i] + w * (a[i + 1] - a[i]), self.forcing)
+        return eqx.tree_at(lambda f: f.time, forcing, now)

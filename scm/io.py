@@ -424,12 +424,15 @@ def write_netcdf(dataset: xr.Dataset, path: str | os.PathLike) -> Path:
     the same directory, which then replaces ``path`` in one ``os.replace``: an existing file
     is never left half-written, a failed write (a full disk, say) raises ``OutputError``
     naming the file and leaves neither a partial file nor the temporary one behind.
-    Coordinates and bounds are written without a fill value (CF: they have no missing values).
+    Coordinates and bounds are written without a fill value (CF: they have no missing values),
+    and text as character arrays (CF 1.8 knows no variable-length strings).
     """
-    no_fill = {name: {"_FillValue": None} for name in dataset.coords}
-    no_fill |= {name: {"_FillValue": None} for name, variable in dataset.data_vars.items()
-                if "bounds" in variable.dims}
-    data = dataset.to_netcdf(engine="h5netcdf", encoding=no_fill)
+    encoding = {name: {"_FillValue": None} for name in dataset.coords}
+    encoding |= {name: {"_FillValue": None} for name, variable in dataset.data_vars.items()
+                 if "bounds" in variable.dims}
+    encoding |= {name: {"dtype": "S1"} for name, variable in dataset.variables.items()
+                 if variable.dtype.kind in "US"}
+    data = dataset.to_netcdf(engine="h5netcdf", encoding=encoding)
     return write_atomic(path, lambda temporary: temporary.write_bytes(data))
 
 

@@ -11,12 +11,18 @@ import pytest
 from experiments.run import run_ensemble
 from experiments.scenarios import stack_pytrees
 from experiments.stability import (
+    bootstrap_change,
+    daily_means,
     daily_trend,
     diurnal_composite,
+    drift_failure_time,
     heat_budget_residual,
     jacobian_moduli,
+    kinetic_energy_source,
     lead_time_skill,
     median_time_to_failure,
+    momentum_budget_residual,
+    periodicity,
     spectrum_summary,
     survival_curve,
 )
@@ -25,6 +31,24 @@ from scm.parameterization import AbstractParameterization, Tendency
 from scm.state import State
 
 DT = 10.0
+
+
+class MomentumFlux(AbstractParameterization):
+    """An explicit upward momentum flux F_u = c ∂u/∂z on the interior interfaces (flux form:
+    it moves momentum and keeps the column total), plus a tendency of v on one level that is
+    not a flux (a leak). With c > 0 the flux runs up the gradient: anti-diffusion, which
+    creates kinetic energy."""
+
+    coefficient: jax.Array
+    leak: jax.Array
+
+    def __call__(self, state: State, forcing: Forcing, grid) -> Tendency:
+        zeros = Tendency.zeros(state)
+        shear = grid.gradient_at_interfaces(state.u).at[0].set(0.0).at[-1].set(0.0)
+        flux = State.from_fields({**zeros.flux.fields(), "u": self.coefficient * shear})
+        tendency = State.from_fields({**zeros.tendency.fields(),
+                                      "v": zeros.tendency.v.at[2].set(self.leak)})
+        return Tendency(tendency, flux, zeros.diffusivity, {})
 
 
 class Amplifier(AbstractParameterization):
@@ -124,27 +148,88 @@ def test_an_unstable_linear_model_is_detected(kit):
     assert growing == 1.0
 
 
-def test_metrics_file_passes_cfchecks(kit, tmp_path, cf_check):
-    """The benchmark's metrics.nc, from synthetic results of every metric."""
-    from experiments.stability import DIAGNOSTICS, VARIABLES, metrics_dataset
+def test_metrics_file_passes_cfchecks(tmp_path, cf_check):
+    """The benchmark's metrics.nc, from synthetic runs with every per-run metric."""
+    from experiments.stability import _SCALAR_UNITS, metrics_dataset
     from scm.io import write_netcdf
 
-    grid = kit.grid(1000.0, 8)
-    scenarios, times, levels = 3, np.arange(5) * 3600.0, grid.n_levels
     rng = np.random.default_rng(0)
-    result = {"time": times, "failed_at": np.array([np.inf, 7200.0, np.inf])}
-    for name in (*VARIABLES, "wind", *DIAGNOSTICS):
-        result[f"rmse_{name}"] = rng.random((scenarios, times.size))
-        result[f"bias_{name}"] = rng.random((scenarios, times.size))
-    for name in VARIABLES:
-        result[f"mean_bias_profile_{name}"] = rng.random((scenarios, levels))
-        result[f"drift_{name}"] = rng.random(scenarios)
-    for name in ("surface_heat_flux", "boundary_layer_height"):
-        result[f"diurnal_{name}"] = rng.random((scenarios, 24))
-        result[f"diurnal_{name}_truth"] = rng.random((scenarios, 24))
-    result["budget_residual"] = rng.random((scenarios, 2))
-    result["jacobian_moduli"] = rng.random((scenarios, 2, 3 * levels))
-    results = {"physics_local": {"heldout": result}, "replace": {"heldout": result}}
-    path = write_netcdf(metrics_dataset(results, grid, {"title": "rollout-stability metrics"}),
+
+    def run(families):
+        result = {name: rng.random(len(families)) for name in _SCALAR_UNITS}
+        result["failed_at"] = np.array([np.inf] * (len(families) - 1) + [7200.0])
+        result["families"] = families
+        result["daily_theta_error"] = rng.random((len(families), 5))
+        result["daily_wind_error"] = rng.random((len(families), 5))
+        return result
+
+    sets = {"test": ["test"] * 3, "extrapolation": ["warm", "warm", "windy"]}
+    results = {model: {name: [run(f), run(f)] for name, f in sets.items()}
+               for model in ("physics_local", "residual_online+fallback")}
+    path = write_netcdf(metrics_dataset(results, {"title": "rollout-stability metrics"}),
                         tmp_path / "metrics.nc")
     cf_check(path)
+
+
+def test_drift_is_flagged_at_the_day_it_crosses_the_threshold():
+    """A run whose daily-mean θ error grows by 1 K a day crosses 3 K on day 4 (its end); a
+    wind drift by 2 m/s a day crosses 5 m/s on day 3; a run within both never fails."""
+    days = np.arange(1, 11, dtype=float)
+    theta = np.stack([days * 1.0, days * 0.1, days * 0.1])
+    wind = np.stack([days * 0.1, days * 2.0, days * 0.4])
+    np.testing.assert_array_equal(drift_failure_time(theta, wind, 3.0, 5.0),
+                                  [4.0, 3.0, np.inf])
+    # daily means leave the initial save out: day d averages saves d·n + 1 … (d + 1)·n
+    series = np.arange(1 + 2 * 4, dtype=float)[None, :]
+    np.testing.assert_array_equal(daily_means(series, 4), [[2.5, 6.5]])
+
+
+def test_bootstrap_interval_of_a_known_improvement():
+    rng = np.random.default_rng(3)
+    baseline = rng.uniform(1.0, 2.0, 40)
+    better = 0.5 * baseline[None, :] * rng.uniform(0.9, 1.1, (3, 40))
+    change, low, high = bootstrap_change(better, baseline)
+    assert change == pytest.approx(better.mean() / baseline.mean() - 1.0)
+    assert low < change < high < 0.0 and change == pytest.approx(-0.5, abs=0.05)
+    # the same errors: no change, an interval of zero width around it
+    assert bootstrap_change(baseline[None, :], baseline) == (0.0, 0.0, 0.0)
+    # errors uncorrelated with the baseline's and as large: the interval holds zero
+    _, low, high = bootstrap_change(rng.uniform(1.0, 2.0, (3, 40)), baseline)
+    assert low < 0.0 < high
+
+
+def test_periodicity_of_a_periodic_and_of_a_drifting_climate():
+    days = np.arange(40, dtype=float)[None, :, None] * np.ones((1, 1, 5))
+    assert periodicity(np.zeros_like(days) + 3.0)[0] == 0.0
+    np.testing.assert_allclose(periodicity(0.2 * days), [0.2])
+
+
+def test_momentum_budget_closes_with_coriolis_and_drag_and_a_leak_is_flagged(kit):
+    g = kit.grid(1000.0, 8, constant_density=False)
+    model = kit.model(g, momentum=5.0, scalar=5.0, no_slip=1.0, exchange=0.01, depth=300.0)
+    model = model.with_slot("radiation", MomentumFlux(jnp.asarray(0.3), jnp.asarray(0.0)))
+    forcing = kit.forcing(g, coriolis_parameter=1.2e-4, geostrophic_u=8.0,
+                          geostrophic_v=-1.0, surface_temperature=301.0)
+    state = kit.state(g, u=2.0 + 0.004 * np.asarray(g.z), v=0.5,
+                      thl=300.0 + 0.003 * np.asarray(g.z))
+    momentum = float(jnp.sum(g.layer_mass * jnp.abs(state.u + 1j * state.v)))
+    for slot in ("turbulence", "radiation"):
+        residual = momentum_budget_residual(model, forcing, state, 0.0, DT, slot)
+        assert abs(complex(residual)) < 1.0e-12 * momentum, slot
+    leak = 3.0e-4
+    leaky = model.with_slot("radiation", MomentumFlux(jnp.asarray(0.3), jnp.asarray(leak)))
+    residual = momentum_budget_residual(leaky, forcing, state, 0.0, DT, "radiation")
+    np.testing.assert_allclose(complex(residual), 1j * DT * leak * float(g.layer_mass[2]),
+                               rtol=1e-9)
+
+
+def test_kinetic_energy_source_sign_of_mixing_and_of_anti_diffusion(kit):
+    g = kit.grid(1000.0, 8, constant_density=False)
+    state = kit.state(g, u=2.0 + 0.01 * np.asarray(g.z), v=1.0)
+    forcing = kit.forcing(g)
+    mixing = kit.model(g, momentum=10.0, scalar=1.0, no_slip=1.0)
+    assert float(kinetic_energy_source(mixing, forcing, state, 0.0, DT)) < 0.0
+    # an up-gradient momentum flux (F = +c ∂u/∂z) sharpens the shear: it creates energy
+    anti = kit.model(g).with_slot("turbulence", MomentumFlux(jnp.asarray(2.0),
+                                                             jnp.asarray(0.0)))
+    assert float(kinetic_energy_source(anti, forcing, state, 0.0, DT)) > 0.0

@@ -24,11 +24,13 @@ from experiments.cli import main
 from experiments.run import run_ensemble, state_only
 from experiments.scenarios import (
     CASES,
+    EXTRAPOLATION_FAMILIES,
     FAMILIES,
-    OOD_RANGES,
+    MARGIN_RANGES,
     SPLITS,
     TRAINING_RANGES,
     sample_scenarios,
+    scenario_labels,
     split_ranges,
     stack_cases,
     stack_pytrees,
@@ -63,22 +65,6 @@ UNITS = {"u": "m s-1", "v": "m s-1", "theta": "K", "uw": "m2 s-2", "vw": "m2 s-2
 QUICK_GABLS1 = {"coarse_levels": 8, "refinement": 2, "fine_dt": 150.0, "coarse_dt": 300.0,
                 "days": 1 / 24}
 
-#: ``sample_scenarios(split, 3, 7)`` of the diurnal family, as the sampler drew them before
-#: other families existed (latitude, geostrophic_wind, surface_temperature,
-#: diurnal_amplitude, lapse_rate; 12 significant digits): diurnal sets must never change.
-DIURNAL_REFERENCE = {
-    "train": [[40.5309388326, 9.87268228482, 290.25766185, 9.15899755391, 4.46722741913],
-              [55.9135111743, 9.03906123486, 299.020384246, 5.22665847471, 4.8283044163],
-              [38.6882514335, 5.141681544, 283.116963695, 7.35440472123, 5.61608411788]],
-    "heldout": [[30.5954180667, 8.21707062919, 287.345547766, 5.29755726077, 5.50090246951],
-                [42.2268893999, 10.4921072532, 280.533364043, 8.90763337707, 4.09808931199],
-                [51.3354100226, 7.03357733177, 295.277703271, 6.48128066235, 5.13090444399]],
-    "ood": [[18.2451884864, 14.7009865542, 287.159598799, 11.1251097616, 4.77415824392],
-            [68.5617598573, 13.3432570403, 299.449702107, 12.0563999043, 4.23024519981],
-            [66.1875420875, 17.2208798854, 284.840097551, 13.1390049977, 5.98333654281]],
-}
-
-
 def quick_truth(**kwargs) -> xr.Dataset:
     return generate_truth(sample_scenarios("train", 2, 0), **QUICK, progress=False,
                           split="train", seed=0, **kwargs)
@@ -91,9 +77,11 @@ def dataset() -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def gabls1_dataset() -> xr.Dataset:
-    """Two OOD GABLS1 scenarios, 1 h (the spin-up left at the case default, none)."""
-    return generate_truth(sample_scenarios("ood", 2, 0, case="gabls1"), case="gabls1",
-                          **QUICK_GABLS1, progress=False, split="ood", seed=0)
+    """Two extrapolation GABLS1 scenarios, 1 h (the spin-up left at the case default)."""
+    return generate_truth(sample_scenarios("extrapolation", 2, 0, case="gabls1"),
+                          case="gabls1", **QUICK_GABLS1, progress=False,
+                          split="extrapolation", seed=0,
+                          labels=scenario_labels("extrapolation", 2, case="gabls1"))
 
 
 @pytest.fixture(scope="module")
@@ -110,80 +98,98 @@ def in_bands(values, bands) -> np.ndarray:
     return np.any([(values >= low) & (values <= high) for low, high in bands], axis=0)
 
 
+def _outside(bands, low, high) -> bool:
+    return all(b_high <= low or b_low >= high for b_low, b_high in bands)
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_training_and_ood_ranges_lie_inside_the_case_ranges(case):
+def test_every_set_lies_inside_the_case_ranges_and_beyond_training(case):
     specs = case_parameters(case)
     family = FAMILIES[case]
-    assert family.ood and set(family.ood) <= set(family.training)
     for name, (low, high) in family.training.items():
         assert specs[name][1] <= low < high <= specs[name][2], name
-    for name, bands in family.ood.items():
-        training_low, training_high = family.training[name]
-        for low, high in bands:
-            assert specs[name][1] <= low < high <= specs[name][2], name
-            assert high < training_low or low > training_high, name  # outside training
+    assert family.extrapolation
+    for label, varied in family.extrapolation.items():
+        assert set(varied) <= set(family.training), label
+        for name, bands in varied.items():
+            for low, high in bands:
+                assert specs[name][1] <= low < high <= specs[name][2], (label, name)
+            assert _outside(bands, *family.training[name]), (label, name)
+            # extrapolation lies beyond the validation margins: tuning on validation is
+            # never tuning on the extrapolation scenarios
+            for margin in family.margin.get(name, ()):
+                assert _outside(bands, *margin), (label, name)
+    for name, bands in family.margin.items():
+        assert _outside(bands, *family.training[name]), name
     assert FAMILIES["diurnal"].training is TRAINING_RANGES
-    assert FAMILIES["diurnal"].ood is OOD_RANGES
+    assert FAMILIES["diurnal"].extrapolation is EXTRAPOLATION_FAMILIES
+    assert FAMILIES["diurnal"].margin is MARGIN_RANGES
 
 
-def test_diurnal_scenarios_are_unchanged_by_the_other_families():
-    for split, reference in DIURNAL_REFERENCE.items():
-        for drawn in (sample_scenarios(split, 3, 7), sample_scenarios(split, 3, 7,
-                                                                      case="diurnal")):
-            values = [[s[name] for name in TRAINING_RANGES] for s in drawn]
-            np.testing.assert_allclose(values, reference, rtol=1e-11, err_msg=split)
-    assert split_ranges("ood") == split_ranges("ood", "diurnal")
-    gabls1 = sample_scenarios("train", 3, 7, case="gabls1")
-    assert set(gabls1[0]) == set(case_parameters("gabls1"))
+def test_the_diurnal_training_set_varies_every_case_parameter():
+    assert set(TRAINING_RANGES) == set(case_parameters("diurnal"))
+    varied = {name for varied in EXTRAPOLATION_FAMILIES.values() for name in varied}
+    assert varied == set(TRAINING_RANGES)  # every parameter is pushed beyond training
+    assert len(EXTRAPOLATION_FAMILIES["joint"]) > 1
 
 
 @pytest.mark.parametrize("case, n", [("diurnal", 1), ("diurnal", 7), ("diurnal", 8),
                                      ("gabls1", 7), ("dry_cbl", 8)])
-def test_scenario_sampling_is_deterministic_and_inside_its_ranges(case, n):
+def test_scenario_sampling_is_deterministic_disjoint_and_inside_its_bands(case, n):
     specs = case_parameters(case)
-    training, ood_bands = FAMILIES[case].training, FAMILIES[case].ood
+    family = FAMILIES[case]
     drawn = {split: sample_scenarios(split, n, 5, case=case) for split in SPLITS}
+    labels = {split: scenario_labels(split, n, case=case) for split in SPLITS}
     for split in SPLITS:
         assert drawn[split] == sample_scenarios(split, n, 5, case=case)
-        assert len(drawn[split]) == n
+        assert len(drawn[split]) == len(labels[split])
         assert all(set(scenario) == set(specs) for scenario in drawn[split])
         build_case(case, levels=8, **drawn[split][-1])  # accepted as it is
-    assert drawn["train"] != sample_scenarios("train", n, 6, case=case)
-    for split in ("train", "heldout"):
-        for name, (low, high) in training.items():
-            values = [s[name] for s in drawn[split]]
-            assert min(values) >= low and max(values) <= high, (split, name)
+        # every parameter inside the bands of its scenario's family
+        for scenario, label in zip(drawn[split], labels[split], strict=True):
+            for name, bands in split_ranges(split, case, label).items():
+                assert in_bands([scenario[name]], bands).all(), (split, label, name)
+        # another seed redraws the set
+        assert drawn[split] != sample_scenarios(split, n, 6, case=case)
+    assert len(drawn["extrapolation"]) == n * len(family.extrapolation)
+    assert labels["extrapolation"][::n] == list(family.extrapolation)
+    for split in ("train", "test"):
+        for name, (low, high) in family.training.items():
+            values = np.asarray([s[name] for s in drawn[split]])
+            if name in family.log_scale:
+                values, low, high = np.log(values), np.log(low), np.log(high)
             # Latin hypercube: one scenario in each of the n strata
-            strata = np.floor((np.asarray(values) - low) / (high - low) * n)
+            strata = np.floor((values - low) / (high - low) * n)
             assert sorted(strata) == list(range(n)), (split, name)
-    for name in set(specs) - set(training):
+    for name in set(specs) - set(family.training):
         assert {s[name] for split in SPLITS for s in drawn[split]} == {specs[name][0]}
-    train = {tuple(s.values()) for s in drawn["train"]}
-    assert train.isdisjoint(tuple(s.values()) for s in drawn["heldout"])
+    sets = [{tuple(s.values()) for s in drawn[split]} for split in SPLITS]
+    for i, a in enumerate(sets):
+        for b in sets[i + 1:]:
+            assert a.isdisjoint(b)
+    if case == "diurnal" and n >= 2:
+        margins = [label for label in labels["validation"] if label.startswith("margin_")]
+        assert len(margins) == n // 2 and labels["validation"].count("validation") == n - n // 2
 
-    ood = drawn["ood"]
-    for name, (low, high) in training.items():
-        values = np.asarray([s[name] for s in ood])
-        if name in ood_bands:
-            assert in_bands(values, ood_bands[name]).all(), name
-            assert not in_bands(values, [(low, high)]).any(), name
-        else:
-            assert in_bands(values, [(low, high)]).all(), name
-    for name, bands in ood_bands.items():
-        if n % 2 == 0 and len(bands) == 2:  # equal bands on both sides: half in each
-            assert bands[0][1] - bands[0][0] == bands[1][1] - bands[1][0]
-            values = np.asarray([s[name] for s in ood])
-            assert (values < training[name][0]).sum() == n // 2, name
-            assert (values > training[name][1]).sum() == n // 2, name
+
+def test_adding_a_family_or_scenarios_of_another_kind_moves_no_other_draw():
+    both = sample_scenarios("extrapolation", 2, 3, families=["strong_wind", "joint"])
+    assert sample_scenarios("extrapolation", 2, 3, families=["joint"]) == both[2:]
+    every = sample_scenarios("extrapolation", 2, 3)
+    assert every[:2] == both[:2] and every[-2:] == both[2:]
+    validation = sample_scenarios("validation", 4, 3)
+    assert sample_scenarios("validation", 6, 3)[3:5] == validation[2:]  # the margins
 
 
 @pytest.mark.parametrize("split, n, words", [
-    ("validation", 4, "split"), ("train", 0, "number of scenarios"),
-    ("train", 2.5, "integer"), ("ood", -3, "number of scenarios"),
+    ("heldout", 4, "split"), ("train", 0, "number of scenarios"),
+    ("train", 2.5, "integer"), ("extrapolation", -3, "number of scenarios"),
 ])
 def test_bad_sampling_request_is_a_clear_error(split, n, words):
     with pytest.raises(ConfigurationError, match=words):
         sample_scenarios(split, n, 0)
+    with pytest.raises(ConfigurationError, match="extrapolation family"):
+        sample_scenarios("extrapolation", 1, 0, families=["hurricane"])
 
 
 def test_unknown_case_is_a_clear_error_naming_the_families(tmp_path):
@@ -397,16 +403,19 @@ def test_gabls1_truth_is_finite_on_the_cases_grid_and_names_its_case(gabls1_data
     assert (dataset["surface_heat_flux"][1:] < 0).all()
     np.testing.assert_array_equal(dataset["heat_flux"][..., 0], dataset["surface_heat_flux"])
     assert (dataset["heat_flux"][..., -1] == 0).all()
-    scenarios = sample_scenarios("ood", 2, 0, case="gabls1")
+    scenarios = sample_scenarios("extrapolation", 2, 0, case="gabls1")
+    assert list(dataset["family"].values) == ["cold_windy"] * 2
     for name in case_parameters("gabls1"):
         np.testing.assert_array_equal(dataset[f"parameter_{name}"],
                                       [s[name] for s in scenarios])
     attrs = dataset.attrs
     assert attrs["case"] == "gabls1" and "gabls1" in attrs["title"]
     assert attrs["days"] == pytest.approx(1 / 24) and attrs["spinup_days"] == 0.0
-    assert (attrs["split"], attrs["coarse_levels"], attrs["fine_levels"]) == ("ood", 8, 16)
+    assert (attrs["split"], attrs["coarse_levels"], attrs["fine_levels"]) == (
+        "extrapolation", 8, 16)
     np.testing.assert_array_equal(attrs["training_range_surface_cooling_rate"], [0.1, 0.5])
-    np.testing.assert_array_equal(attrs["ood_range_geostrophic_wind"], [11.0, 14.0])
+    np.testing.assert_array_equal(attrs["extrapolation_range_cold_windy_geostrophic_wind"],
+                                  [11.0, 14.0])
     assert "training_range_latitude" not in attrs
 
     path = write_netcdf(dataset, tmp_path / "gabls1.nc")
@@ -444,14 +453,14 @@ QUICK_ARGV = ["--scenarios", "2", "--levels", "8", "--refinement", "2", "--fine-
 
 def test_truth_command_makes_gabls1_truth(gabls1_dataset, tmp_path, capsys):
     out = tmp_path / "gabls1.nc"
-    argv = ["--case", "gabls1", "--split", "ood", "--scenarios", "2", "--levels", "8",
+    argv = ["--case", "gabls1", "--split", "extrapolation", "--scenarios", "2", "--levels", "8",
             "--refinement", "2", "--fine-dt", "150", "--coarse-dt", "300", "--days",
             repr(1 / 24), "--no-progress", "--no-cache", "--out", str(out)]
     code = main(["truth", *argv])  # the previous release's spellings, with notes
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert "--case is deprecated" in stderr and "--days is deprecated" in stderr
-    assert "truth (gabls1, ood, seed 0): 2 scenario(s)" in stdout
+    assert "truth (gabls1, extrapolation, seed 0): 2 scenario(s)" in stdout
     assert "0 h spin-up" in stdout
     written = load_truth(out, case="gabls1")
     for name in REQUIRED_VARIABLES:
@@ -472,10 +481,10 @@ def test_truth_command_writes_the_same_truth(dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, field", [
-    (["--split", "validation"], "split"),
+    (["--split", "heldout"], "split"),
     (["--scenarios", "0"], "scenarios"),
     (["--hours", "-1"], "hours"),
-    (["--spinup-hours", "480"], "spinup_days"),
+    (["--spinup-hours", "480"], "--spinup-hours 480 must be shorter than --hours 360"),
     (["--refinement", "0"], "refinement"),
     (["--levels", "4"], "levels"),
     (["--fine-dt", "0"], "fine-dt"),
@@ -484,7 +493,7 @@ def test_truth_command_writes_the_same_truth(dataset, tmp_path, capsys):
     (["--hours", "2.4024", "--spinup-hours", "0"], "days"),
     (["--seed", "-1"], "seed"),
     (["bomex"], "case"),
-    (["gabls1", "--spinup-hours", "24"], "spinup_days"),
+    (["gabls1", "--spinup-hours", "24"], "--spinup-hours 24 must be shorter than --hours 9"),
     (["dry_cbl", "--hours", "2.4"], "days"),
     (["--out", "/no/such/directory/truth.nc"], "/no/such/directory"),
 ])

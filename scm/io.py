@@ -2,7 +2,7 @@
 
 This is the only module of the core that touches xarray. Layout of a dataset (CF-1.8, the
 newest version ``cfchecks`` knows; every file this package writes passes it with no error or
-warning, ``tests/test_cf.py``):
+warning, checked by the tests' ``cf_check`` fixture):
 
 - coordinates ``time`` (``seconds since`` the case's start, ``TIME_ORIGIN``, with a
   calendar), ``column`` (index), ``z`` (layer centres, m, with ``z_bounds``) and

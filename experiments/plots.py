@@ -1,12 +1,15 @@
-"""Quick-look figures of a run dataset (as written by ``scm.io``), drawn with the Agg backend.
+"""Figures of a run or truth dataset (as written by ``scm.io``), drawn with the Agg backend.
 
 ``plot_trajectory`` writes up to four PNGs: time–height sections of column 0 (wind speed, θl,
-heat flux, TKE, and for moist runs cloud liquid, cloud fraction and rain), final profiles of
-u, v and θl (every column; column 0 in bold), time series of the surface and cloud
-diagnostics present, and for a case with an averaging window its mean profiles over the
-window beside the initial ones. A case's published ranges (``experiments.cases``) are marked:
-as a shaded band over the window on the time series they are taken from, and the heights
-among them (cloud base and top, inversion) as bands on the profiles.
+heat flux, TKE, and for moist runs cloud liquid, cloud fraction and rain) with the
+boundary-layer height drawn over them, final profiles of u, v and θl (every column; column 0
+in bold), time series of the surface and cloud diagnostics present, and mean profiles over a
+window (the case's averaging window unless another is asked for; else the last hour) beside
+the initial ones. A case's published ranges (``experiments.cases``) are marked: as a shaded
+band over the window on the time series they are taken from, and the heights among them
+(cloud base and top, inversion) as bands on the profiles. Every figure draws only the
+variables the file has (``scm run --variables``). ``compare_datasets`` and
+``plot_comparison`` set two runs side by side (``scm compare``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from experiments import cases
+from scm.errors import ConfigurationError
 from scm.figures import new_figure, save_figure
 
 #: Short axis labels; the units always come from the dataset's attributes.
@@ -71,17 +75,20 @@ def _definition(dataset: xr.Dataset):
     return cases.definition(name) if name in cases.CASE_NAMES else None
 
 
-def plot_sections(dataset: xr.Dataset, path: Path, column: int = 0) -> Path:
+def plot_sections(dataset: xr.Dataset, path: Path, column: int = 0) -> Path | None:
     """Time–height sections of one column: wind speed, θl, heat flux, TKE, cloud liquid,
-    cloud fraction and rain (those present)."""
+    cloud fraction and rain (those present), the boundary-layer height drawn over each."""
     ds = dataset.isel(column=column)
-    speed = np.hypot(ds["u"].values.astype(float), ds["v"].values.astype(float))
-    panels = [("wind_speed", speed, "z", "viridis"), ("theta", ds["theta"].values, "z", "magma")]
-    panels.append(("heat_flux", ds["heat_flux"].values, "z_interface", "RdBu_r"))
-    for name, cmap in (("tke", "cividis"), ("ql", "Blues"), ("cloud_fraction", "Greys"),
-                       ("qr", "PuBu")):
+    panels = []
+    if "u" in ds and "v" in ds:
+        speed = np.hypot(ds["u"].values.astype(float), ds["v"].values.astype(float))
+        panels.append(("wind_speed", speed, "z", "viridis"))
+    for name, cmap in (("theta", "magma"), ("heat_flux", "RdBu_r"), ("tke", "cividis"),
+                       ("ql", "Blues"), ("cloud_fraction", "Greys"), ("qr", "PuBu")):
         if name in ds:
-            panels.append((name, ds[name].values, "z", cmap))
+            panels.append((name, ds[name].values, ds[name].dims[-1], cmap))
+    if not panels:
+        return None
     figure, axes = new_figure(len(panels), columns=4)
     hours = _hours(dataset)
     for ax, (name, values, height, cmap) in zip(axes, panels, strict=True):
@@ -94,17 +101,24 @@ def plot_sections(dataset: xr.Dataset, path: Path, column: int = 0) -> Path:
                              cmap=cmap, **limits)
         units = "m s-1" if name == "wind_speed" else dataset[name].attrs.get("units", "1")
         figure.colorbar(mesh, ax=ax, label=f"{SHORT_LABELS.get(name, name)} ({units})")
+        if "boundary_layer_height" in ds:
+            ax.plot(hours, ds["boundary_layer_height"].values, color="white", lw=1.2,
+                    label="boundary-layer height")
         ax.set_xlabel("time (h)")
         ax.set_ylabel("height (m)")
         ax.set_title(SHORT_LABELS.get(name, name))
+    if "boundary_layer_height" in ds:
+        axes[0].legend(loc="upper left", fontsize="x-small")
     figure.suptitle(f"{dataset.attrs.get('case', 'run')}: column {column}")
     return save_figure(figure, path)
 
 
-def plot_final_profiles(dataset: xr.Dataset, path: Path) -> Path:
+def plot_final_profiles(dataset: xr.Dataset, path: Path) -> Path | None:
     """Profiles of u, v and θl at the last saved time, every column (column 0 in bold)."""
     final = dataset.isel(time=-1)
-    names = ["u", "v", "theta"]
+    names = [name for name in ("u", "v", "theta") if name in dataset]
+    if not names:
+        return None
     figure, axes = new_figure(len(names), width=3.4, height=4.2)
     z = dataset["z"].values
     for ax, name in zip(axes, names, strict=True):
@@ -150,20 +164,22 @@ def plot_time_series(dataset: xr.Dataset, path: Path) -> Path | None:
     return save_figure(figure, path)
 
 
-def plot_window_profiles(dataset: xr.Dataset, path: Path) -> Path | None:
-    """Column 0's mean profiles over the case's averaging window, the initial ones dashed,
-    with the published ranges of heights (cloud base, cloud top, inversion) as bands (None
-    for a dataset without a case window)."""
+def plot_window_profiles(dataset: xr.Dataset, path: Path,
+                         window: tuple[float, float] | None = None) -> Path | None:
+    """Column 0's mean profiles over ``window`` (hours; default the case's averaging window,
+    else the last hour), the initial ones dashed, with the published ranges of heights (cloud
+    base, cloud top, inversion) as bands (None when no save lies in the window)."""
     definition = _definition(dataset)
-    if definition is None or definition.window is None:
-        return None
-    start, end = definition.window
     hours = _hours(dataset)
+    if window is None:
+        window = (definition.window if definition is not None and definition.window
+                  else (max(hours[0], hours[-1] - 1.0), hours[-1]))
+    start, end = window
     inside = np.flatnonzero((hours >= start - 1e-9) & (hours <= end + 1e-9))
-    if inside.size == 0:
-        return None
     names = [n for n in WINDOW_PROFILES if n in dataset]
-    heights = [r for r in definition.ranges if r.units == "m"]
+    if inside.size == 0 or not names:
+        return None
+    heights = [] if definition is None else [r for r in definition.ranges if r.units == "m"]
     figure, axes = new_figure(len(names), width=3.2, height=4.2, columns=4)
     column = dataset.isel(column=0)
     for ax, name in zip(axes, names, strict=True):
@@ -180,16 +196,19 @@ def plot_window_profiles(dataset: xr.Dataset, path: Path) -> Path | None:
         ax.set_xlabel(label(dataset, name))
         ax.set_ylabel("height (m)")
     axes[0].legend(loc="best", fontsize="small")
+    shaded = " (published ranges of heights shaded)" if heights else ""
     figure.suptitle(f"{dataset.attrs.get('case', 'run')}: mean profiles over hours "
-                    f"{start:g}-{end:g} (published ranges of heights shaded)")
+                    f"{start:g}-{end:g}{shaded}")
     return save_figure(figure, path)
 
 
-def plot_trajectory(dataset: xr.Dataset, outdir: str | os.PathLike) -> list[Path]:
-    """Write the quick-look PNGs of a run into ``outdir`` (created if missing).
+def plot_trajectory(dataset: xr.Dataset, outdir: str | os.PathLike,
+                    window: tuple[float, float] | None = None) -> list[Path]:
+    """Write the figures of a run into ``outdir`` (created if missing).
 
     Files are named ``<case>_sections.png``, ``<case>_profiles.png``,
-    ``<case>_timeseries.png`` and ``<case>_window.png``; returns the paths written.
+    ``<case>_timeseries.png`` and ``<case>_window.png`` (the mean profiles over ``window``,
+    hours; see ``plot_window_profiles``); returns the paths written.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -198,6 +217,79 @@ def plot_trajectory(dataset: xr.Dataset, outdir: str | os.PathLike) -> list[Path
         plot_sections(dataset, outdir / f"{prefix}_sections.png"),
         plot_final_profiles(dataset, outdir / f"{prefix}_profiles.png"),
         plot_time_series(dataset, outdir / f"{prefix}_timeseries.png"),
-        plot_window_profiles(dataset, outdir / f"{prefix}_window.png"),
+        plot_window_profiles(dataset, outdir / f"{prefix}_window.png", window),
     ]
     return [p for p in written if p is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# two runs side by side
+
+
+def _common_times(first: xr.Dataset, second: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """Both datasets at the times they share (``ConfigurationError`` when there are none or
+    their grids differ)."""
+    if first.sizes["z"] != second.sizes["z"] or not np.allclose(
+            first["z"].values, second["z"].values, rtol=1e-6):
+        raise ConfigurationError(f"the runs are on different grids ({first.sizes['z']} and "
+                                 f"{second.sizes['z']} levels): nothing to compare level by "
+                                 "level")
+    times = np.intersect1d(first["time"].values, second["time"].values)
+    if times.size == 0:
+        raise ConfigurationError("the runs share no saved time")
+    return first.sel(time=times), second.sel(time=times)
+
+
+def compare_datasets(first: xr.Dataset, second: xr.Dataset) -> list[tuple[str, str, float,
+                                                                           float]]:
+    """``(name, units, RMS difference, largest difference)`` of every variable with a time
+    axis both runs have, second minus first, at their common times and columns."""
+    first, second = _common_times(first, second)
+    columns = min(first.sizes["column"], second.sizes["column"])
+    rows = []
+    for name, variable in first.data_vars.items():
+        if name not in second or "time" not in variable.dims or "column" not in variable.dims:
+            continue
+        a = variable.isel(column=slice(columns)).values.astype(float)
+        b = second[name].isel(column=slice(columns)).values.astype(float)
+        if a.shape != b.shape:
+            continue
+        difference = (b - a)[np.isfinite(a) & np.isfinite(b)]
+        if difference.size:
+            largest = difference[np.argmax(np.abs(difference))]
+            rows.append((name, variable.attrs.get("units", "1"),
+                         float(np.sqrt(np.mean(difference**2))), float(largest)))
+    return rows
+
+
+def plot_comparison(first: xr.Dataset, second: xr.Dataset, labels: tuple[str, str],
+                    outdir: str | os.PathLike) -> list[Path]:
+    """Column 0 of both runs over each other: final profiles (``compare_profiles.png``) and
+    the time series both have (``compare_timeseries.png``)."""
+    first, second = _common_times(first, second)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    styles = ({"color": "black", "lw": 1.6}, {"color": "tab:red", "lw": 1.2, "ls": "--"})
+    written = []
+    for kind, names in (("profiles", [n for n in ("u", "v", "theta", "qt", "tke", "ql")
+                                      if n in first and n in second]),
+                        ("timeseries", [n for n in SERIES if n in first and n in second])):
+        if not names:
+            continue
+        figure, axes = new_figure(len(names), columns=4)
+        for ax, name in zip(axes, names, strict=True):
+            for dataset, text, style in zip((first, second), labels, styles, strict=True):
+                values = dataset[name].isel(column=0)
+                if kind == "profiles":
+                    ax.plot(values.isel(time=-1).values, dataset[values.dims[-1]].values,
+                            label=text, **style)
+                    ax.set_xlabel(label(first, name))
+                    ax.set_ylabel("height (m)")
+                else:
+                    ax.plot(_hours(dataset), values.values, label=text, **style)
+                    ax.set_xlabel("time (h)")
+                    ax.set_ylabel(label(first, name))
+        axes[0].legend(loc="best", fontsize="small")
+        figure.suptitle(f"{labels[1]} (dashed) against {labels[0]}, column 0")
+        written.append(save_figure(figure, outdir / f"compare_{kind}.png"))
+    return written

@@ -30,12 +30,12 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from experiments.cases import HOUR
+from experiments.cases import CASE_NAMES, HOUR, MAX_STEPS, definition
 from scm.compilation import filter_jit
-from scm.errors import ConfigurationError, check_range
+from scm.errors import ConfigurationError, check_positive, check_range, whole_count
 from scm.forcing import ForcingSeries
 from scm.integration import DEFAULT_BOUNDS, Trajectory, check_state, check_time_step, rollout
-from scm.io import trajectory_to_dataset
+from scm.io import STATE_NAMES, dataset_to_trajectory, flux_name, trajectory_to_dataset
 from scm.model import Model
 from scm.state import State
 
@@ -44,6 +44,10 @@ SEGMENTS = 20
 
 #: Seconds a run must take before its progress bar appears.
 PROGRESS_DELAY = 2.0
+
+#: Largest output a run may produce (bytes): the whole trajectory is kept in memory until it
+#: is written, about three times over while the file is made.
+MAX_OUTPUT_BYTES = 4 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +118,13 @@ class RunPlan(NamedTuple):
 def plan_run(hours: float, dt: float, save_every: int, segments: int = SEGMENTS) -> RunPlan:
     """Segments for a run of ``hours`` at step ``dt`` (s) saving every ``save_every`` steps.
 
-    The run length is rounded to the nearest whole number of output intervals, at least one,
-    as ``experiments.cases.Case.n_steps`` does (an interval longer than the whole run is
-    first shortened to the run); then as ``plan_steps``.
+    The run must be a whole number of steps and of output intervals: lengths are never
+    rounded (``ConfigurationError`` naming them otherwise); then as ``plan_steps``.
     """
     check_range("hours", hours, 1.0e-9, math.inf, "h")
     check_range("dt", dt, 1.0e-9, math.inf, "s")
-    check_range("save_every", save_every, 1, math.inf, "steps")
-    save_every = min(int(save_every), max(1, round(hours * 3600.0 / dt)))
-    n_saves = max(1, round(hours * 3600.0 / (dt * save_every)))
-    return plan_steps(n_saves * save_every, save_every, segments)
+    n_steps = whole_count(f"hours = {hours:g} h", hours * HOUR, "time steps dt", dt)
+    return plan_steps(n_steps, save_every, segments)
 
 
 def plan_steps(n_steps: int, save_every: int, segments: int = SEGMENTS) -> RunPlan:
@@ -134,7 +135,7 @@ def plan_steps(n_steps: int, save_every: int, segments: int = SEGMENTS) -> RunPl
     past the end, and what it computes there is dropped.
     """
     check_range("save_every", save_every, 1, math.inf, "steps")
-    check_range("n_steps", n_steps, save_every, math.inf, "steps")
+    check_range("n_steps", n_steps, 1, MAX_STEPS, "steps")
     if n_steps % save_every:
         raise ConfigurationError(
             f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
@@ -196,8 +197,10 @@ def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, f
                             *first(columns, 0))
         piece, last = jax.tree.map(lambda a: a[None], result)
     else:
-        # filter_vmap: models may hold non-array leaves (a network's activation functions)
-        piece, last = eqx.filter_vmap(one_column, in_axes=(model_axis, forcing_axis, 0, 0, 0))(
+        # Models may hold non-array leaves (a network's activation functions): those are
+        # not mapped.
+        mapped = None if model_axis is None else eqx.if_array(model_axis)
+        piece, last = eqx.filter_vmap(one_column, in_axes=(mapped, forcing_axis, 0, 0, 0))(
             models, forcings, *columns)
     return piece, last, piece.failed_at, piece.failed_level
 
@@ -214,6 +217,15 @@ def ensemble_axis(name: str, leading, n_columns: int) -> int | None:
     raise ConfigurationError(
         f"{name} must be shared (unstacked) or stacked with one entry per column: got a "
         f"leading axis of {shape[0] if len(shape) > 1 else 'none'} for {n_columns} column(s)")
+
+
+def _time_from_here(bar: tqdm, done: int) -> None:
+    """Count ``done`` steps and time the bar's rate from now on: the first segment's time was
+    mostly compiling, and an ETA that included it would be far too long."""
+    bar.reset(total=bar.total)
+    bar.initial = done
+    bar.set_postfix_str("", refresh=False)
+    bar.update(done)
 
 
 def run_ensemble(
@@ -255,6 +267,8 @@ def run_ensemble(
     Returns a ``Trajectory`` with a leading column axis; a failure later than the end (in the
     padding of the last segment) is not reported.
     """
+    check_positive("dt", dt, "s")
+    check_range("t0", t0, units="s")
     t0, dt = float(t0), float(dt)
     n_columns = int(states.u.shape[0]) if states.u.ndim == 2 else 0
     if n_columns < 1:
@@ -279,8 +293,9 @@ def run_ensemble(
 
     pieces = []
     current = states
-    with tqdm(total=plan.n_steps, desc=desc, unit="step", disable=not progress,
-              delay=PROGRESS_DELAY, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log file gets no escape codes)
+    with tqdm(total=plan.n_steps, desc=desc, unit="step", disable=None if progress else True,
+              delay=PROGRESS_DELAY, leave=False, postfix="compiling") as bar:
         for index in range(plan.n_segments):
             start = jnp.asarray(t0 + index * segment_steps * dt, dtype)
             piece, current, failed_at, failed_level = _segment(
@@ -290,7 +305,11 @@ def run_ensemble(
             # a later segment's first save repeats the previous segment's last
             series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))
             pieces.append(series if index == 0 else jax.tree.map(lambda a: a[:, 1:], series))
-            bar.update(min(segment_steps, plan.n_steps - index * segment_steps))
+            done = min(segment_steps, plan.n_steps - index * segment_steps)
+            if index == 0:
+                _time_from_here(bar, done)
+            else:
+                bar.update(done)
 
     keep = plan.n_saves + 1
     time_series = jax.tree.map(
@@ -305,62 +324,139 @@ def run_ensemble(
     )
 
 
+class Restart(NamedTuple):
+    """Where a run continues (``run_case(..., start=)``): every column's state (a leading
+    column axis), the time (s) and the failure records, as a run's last save holds them."""
+
+    states: State
+    time: float
+    failed_at: jax.Array
+    failed_level: jax.Array
+
+
+def restart_point(dataset: xr.Dataset, case, source: str = "the dataset") -> Restart:
+    """The last save of a run's dataset (``case_dataset``, read back with
+    ``scm.io.read_netcdf``) as the ``Restart`` of ``case``, the same case: continuing from
+    it repeats the continuous run bit for bit. ``ConfigurationError`` (naming ``source``) for
+    a file that cannot restart ``case``: time means, a state variable left out, another grid.
+    """
+    check_instantaneous(dataset, source)
+    trajectory = dataset_to_trajectory(dataset)
+    written = trajectory.state.fields()
+    missing = [STATE_NAMES.get(f, f) for f in case.state0.fields() if f not in written]
+    if missing:
+        raise ConfigurationError(f"{source} lacks the state variable(s) {', '.join(missing)} "
+                                 "needed to continue the run (left out by --variables?)")
+    levels = case.model.grid.n_levels
+    if dataset.sizes.get("z") != levels:
+        raise ConfigurationError(f"{source} has {dataset.sizes.get('z')} levels, the case "
+                                 f"{levels}")
+    dtype = case.state0.u.dtype
+    last = {f: jnp.asarray(written[f][:, -1], dtype) for f in case.state0.fields()}
+    return Restart(State.from_fields(last), float(dataset["time"].values[-1]),
+                   trajectory.failed_at.astype(dtype), trajectory.failed_level)
+
+
+def check_instantaneous(dataset: xr.Dataset, source: str = "the dataset") -> None:
+    """``ConfigurationError`` unless ``dataset`` holds saved states (not time means)."""
+    if "time_bounds" in dataset:
+        raise ConfigurationError(f"{source} holds time means (--average), not the state a run "
+                                 "can continue from")
+
+
+def output_shapes(case) -> dict[str, tuple[int, ...]]:
+    """Output variable name → shape of one column at one save, for ``case`` (from the shapes
+    of its schemes' results: nothing is computed or compiled)."""
+    tendency = jax.eval_shape(lambda: case.model.tendency(case.state0, case.forcing.at(0.0)))
+    n = case.model.grid.n_levels
+    fields = case.state0.fields()
+    return ({STATE_NAMES.get(f, f): (n,) for f in fields}
+            | {flux_name(f): (n + 1,) for f in fields}
+            | {name: tuple(d.shape) for name, d in tendency.diagnostics.items()}
+            | {"boundary_layer_height": ()})
+
+
+def check_output_size(case, n_columns: int, n_saves: int,
+                      limit: float = MAX_OUTPUT_BYTES) -> float:
+    """The bytes a run's output will take (``n_saves`` + 1 times, ``n_columns`` columns);
+    ``ConfigurationError`` above ``limit`` (the run keeps all of it in memory)."""
+    values = sum(math.prod(shape) for shape in output_shapes(case).values())
+    size = float(values) * n_columns * (n_saves + 1) * case.state0.u.dtype.itemsize
+    if size > limit:
+        raise ConfigurationError(
+            f"the output would take {size / 2**30:.3g} GiB ({n_saves + 1} saves x {n_columns} "
+            f"column(s) x {values} values), more than the {limit / 2**30:g} GiB allowed: save "
+            "less often (--save-every), run fewer columns or a shorter run")
+    return size
+
+
 def run_case(
     case,
     n_columns: int = 1,
     seed: int = 0,
     progress: bool = True,
     perturbation: Perturbation | None = DEFAULT_PERTURBATION,
+    start: Restart | None = None,
 ) -> CaseRun:
     """Integrate ``case`` (an ``experiments.cases.Case``) for ``n_columns`` columns at once.
 
     Column 0 is the unperturbed control; columns 1.. are perturbed by ``perturbation`` with
     random numbers from ``seed`` (``None`` runs identical columns). Saves every
-    ``case.save_every`` steps from t = 0 to the end (rounded to a whole number of output
-    intervals, see ``plan_run``). With ``progress`` a tqdm bar (stderr) appears when the run
-    takes more than a couple of seconds. All columns share the case's model and forcing
-    (``run_ensemble``).
+    ``case.save_every`` steps from t = 0 to the end (a whole number of output intervals, see
+    ``plan_run``). With ``start`` (``restart_point``) the run continues an earlier one from
+    its last save to the end of the case instead (``case.hours`` is then the end time: the
+    forcing of a case is built up to it), every column as it was. With ``progress`` a
+    tqdm bar (stderr) appears when the run takes more than a couple of seconds. All columns
+    share the case's model and forcing (``run_ensemble``). A run whose output would not fit
+    ``MAX_OUTPUT_BYTES`` is refused before anything compiles.
     """
-    start = time.perf_counter()
-    plan = plan_run(case.hours, case.dt, case.save_every)
-    states = initial_states(case.state0, case.model.grid.z, n_columns, seed, perturbation)
-    trajectory = run_ensemble(case.model, case.forcing, states, case.dt, 0.0, plan.n_steps,
-                              plan.save_every, progress=progress, desc=case.name)
-    return CaseRun(trajectory, states, time.perf_counter() - start, seed, perturbation)
+    started = time.perf_counter()
+    start_hours = 0.0 if start is None else start.time / HOUR
+    plan = plan_run(case.hours - start_hours, case.dt, case.save_every)
+    if start is None:
+        states = initial_states(case.state0, case.model.grid.z, n_columns, seed, perturbation)
+        start = Restart(states, 0.0, None, None)
+    check_output_size(case, int(start.states.u.shape[0]), plan.n_saves)
+    trajectory = run_ensemble(case.model, case.forcing, start.states, case.dt, start.time,
+                              plan.n_steps, plan.save_every, progress=progress, desc=case.name,
+                              failed_at=start.failed_at, failed_level=start.failed_level)
+    return CaseRun(trajectory, start.states, time.perf_counter() - started, seed, perturbation)
 
 
 def case_attributes(case, n_columns: int = 1, seed: int = 0,
                     perturbation: Perturbation | None = None) -> dict:
-    """Global attributes that document how a case was run (``perturbation`` only matters, and
-    is only recorded, with more than one column)."""
+    """Global attributes that document how a case was run: every option of ``build_case`` as
+    ``parameter_<name>`` (what ``scm run --config`` reads back), the papers the case follows
+    (``references``) and, with more than one column, the seed and perturbation."""
     attrs = {
         "title": f"hybrid-scm single-column run of case {case.name}",
         "case": case.name,
         "case_description": case.description,
-        "time_step_s": float(case.dt),
-        "hours": float(case.hours),
-        "save_every_steps": int(case.save_every),
-        "levels": int(case.model.grid.n_levels),
         "columns": int(n_columns),
         "slots": ", ".join(f"{slot}={type(p).__name__}"
                            for slot, p in case.model.slots().items()),
     }
+    if case.name in CASE_NAMES:
+        attrs["references"] = "; ".join(definition(case.name).references)
     if perturbation is not None and n_columns > 1:
         attrs["seed"] = int(seed)
         attrs["perturbation"] = dataclasses.asdict(perturbation)
-    attrs["parameter"] = dict(case.parameters)
+    attrs["parameter"] = {name: value for name, value in case.parameters.items()
+                          if name != "case"}
+    attrs["parameter"]["save_every"] = int(case.save_every)
     return attrs
 
 
-def case_dataset(case, run: CaseRun) -> xr.Dataset:
-    """The dataset of a finished run, with global attributes from ``case`` and the run.
+def case_dataset(case, run: CaseRun, attrs: dict | None = None) -> xr.Dataset:
+    """The dataset of a finished run, with global attributes from ``case`` and the run
+    (``case_attributes``) and ``attrs``.
 
     Case parameters become ``parameter_<name>`` attributes, perturbation settings
     ``perturbation_<name>`` (see ``scm.io.trajectory_to_dataset`` for the layout).
     """
     n_columns = int(np.shape(run.trajectory.failed_at)[0])
-    attrs = case_attributes(case, n_columns, run.seed, run.perturbation)
-    return trajectory_to_dataset(run.trajectory, case.model.grid, attrs)
+    recorded = case_attributes(case, n_columns, run.seed, run.perturbation) | dict(attrs or {})
+    return trajectory_to_dataset(run.trajectory, case.model.grid, recorded)
 
 
 def state_only(model: Model, state: State, flux: State, diagnostics: dict):
@@ -382,15 +478,17 @@ def run_from_truth(models: Model, forcings: ForcingSeries, truth: xr.Dataset, dt
     ``tracers``: initial tracer profiles ``(scenario, z)`` of schemes that own some (the
     truth holds none).
 
-    Returns the trajectory and the truth at the same hourly times, so that errors are
-    ``trajectory.state.thl − hourly["theta"]`` and so on.
+    Returns the trajectory and the truth at the same hourly times, scenarios first like the
+    trajectory (dims ``(column, time, ...)``), so that errors are
+    ``trajectory.state.thl − hourly["theta"].values`` and so on.
     """
     times = truth["time"].values
     if len(times) > 1 and not np.isclose(times[1] - times[0], dt):
         raise ConfigurationError(
             f"the truth is saved every {times[1] - times[0]:g} s but the model steps {dt:g} s")
     steps_per_hour = round(HOUR / dt)
-    hourly = truth.isel(time=slice(0, hours * steps_per_hour + 1, steps_per_hour))
+    hourly = truth.isel(time=slice(0, hours * steps_per_hour + 1, steps_per_hour)).transpose(
+        "column", "time", ...)
     if hourly.sizes["time"] < hours + 1:
         raise ConfigurationError(
             f"the {truth.attrs.get('split', '')} truth covers {hourly.sizes['time'] - 1} h, "
@@ -413,6 +511,12 @@ def first_day_rmse(*errors: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "CaseRun",
+    "MAX_OUTPUT_BYTES",
+    "Restart",
+    "check_instantaneous",
+    "check_output_size",
+    "output_shapes",
+    "restart_point",
     "DEFAULT_PERTURBATION",
     "Perturbation",
     "RunPlan",

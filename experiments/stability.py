@@ -88,7 +88,11 @@ from scm.constants import DRY_AIR_HEAT_CAPACITY
 from scm.errors import ConfigurationError, check_choice, check_range
 from scm.forcing import ForcingSeries
 from scm.integration import DEFAULT_BOUNDS, ColumnTerm, SemiImplicitEuler
-from scm.io import write_atomic, write_netcdf
+from scm.io import (
+    global_attributes,
+    write_atomic,
+    write_netcdf,
+)
 from scm.model import Model
 from scm.parameterization import AbstractParameterization, Tendency
 from scm.state import State
@@ -939,7 +943,7 @@ def metrics_dataset(results: dict[str, dict[str, list[dict]]], attrs: dict) -> x
             dim = f"run_{key}"
             families = [f for r in runs for f in r["families"]]
             variables[f"family_{key}"] = xr.Variable(dim, np.asarray(families, str),
-                                                     {"units": "1", "long_name": "family"})
+                                                     {"long_name": "scenario family"})
             for metric, (units, text) in _SCALAR_UNITS.items():
                 if metric in runs[0]:
                     variables[f"{metric}_{key}"] = xr.Variable(
@@ -952,7 +956,7 @@ def metrics_dataset(results: dict[str, dict[str, list[dict]]], attrs: dict) -> x
                         (dim, "day"), values.reshape(-1, values.shape[-1]),
                         {"units": units, "long_name": f"RMSE of the daily-mean profile "
                          f"({model}, {name})"})
-    return xr.Dataset(variables, attrs=attrs)
+    return xr.Dataset(variables, attrs=global_attributes(attrs))
 
 
 def plot_results(results: dict, out: Path, truth: bool) -> list[Path]:

@@ -38,8 +38,9 @@ and is not part of the target. The flux the fine model applies over a step uses 
 (end-of-step) gradient, so the saved instantaneous flux differs from the step-mean flux by
 O(Δt_fine).
 
-Files are CF netCDF written atomically (``scm.io.write_netcdf``) with dims ``(scenario, time,
-z)`` and ``(scenario, time, z_interface)``; ``load_truth`` reads and validates them. Layout:
+Files are CF netCDF written atomically (``scm.io.write_netcdf``) with the dims of run files,
+``(time, column, z)`` and ``(time, column, z_interface)``, one column per scenario;
+``load_truth`` reads and validates them. Layout:
 ``docs/truth.md``.
 """
 
@@ -56,11 +57,12 @@ import numpy as np
 import xarray as xr
 from jaxtyping import Array, Float
 
-from experiments.cases import DAY, MAX_LEVELS, build_case, case_parameters
+from experiments.cases import DAY, MAX_LEVELS, build_case, case_parameters, definition
 from experiments.run import run_ensemble
 from experiments.scenarios import CASE, scenario_family, stack_cases
-from scm.errors import ConfigurationError, check_range
-from scm.grid import MIN_LEVELS, ColumnGrid
+from scm.constants import MIN_LEVELS
+from scm.errors import ConfigurationError, check_range, whole_count
+from scm.grid import ColumnGrid
 from scm.io import (
     COORDINATE_METADATA,
     FAILURE_METADATA,
@@ -70,6 +72,8 @@ from scm.io import (
     flux_metadata,
     flux_name,
     global_attributes,
+    height_coordinates,
+    layer_bounds,
     read_netcdf,
 )
 from scm.model import Model
@@ -93,9 +97,6 @@ MAX_REFINEMENT = 64
 #: Longest truth run accepted (days).
 MAX_DAYS = 3650.0
 
-#: Relative tolerance for "a whole number of steps / output intervals".
-WHOLE_TOLERANCE = 1.0e-9
-
 #: Default (days, spinup_days) of a truth run per case. The periodic diurnal column forgets its
 #: initial state only after about a week; GABLS1 (9 h) and the dry CBL (4 h) are transients
 #: whose initial state is part of the case, so they run for the case's own length and keep it.
@@ -112,8 +113,7 @@ OFFLINE_TARGET = (
 )
 
 #: What the time coordinate counts from, where the case says more than "its start".
-TIME_COMMENTS = {"diurnal": "seconds since the start of the case (midnight local time); time "
-                            "of day = time mod 86400 s"}
+TIME_COMMENTS = {"diurnal": " (midnight local time: the time of day is that of the dates)"}
 
 COARSE_MEAN = ("layer-mass weighted mean of the high-resolution values over the coarse layer "
                "(weights rho dz of the fine grid)")
@@ -236,28 +236,17 @@ def truth_plan(coarse_levels: int = 32, refinement: int = 4, fine_dt: float = 30
     check_range("fine levels (levels x refinement)", fine_levels, MIN_LEVELS, MAX_LEVELS)
     check_range("fine_dt", fine_dt, 1.0e-3, 3600.0, "s")
     check_range("coarse_dt", coarse_dt, fine_dt, DAY, "s")
-    save_every = _whole("coarse_dt", coarse_dt, "fine_dt", fine_dt)
+    save_every = whole_count("coarse_dt", coarse_dt, "fine_dt", fine_dt)
     check_range("days", days, 1.0e-6, MAX_DAYS, "day")
     check_range("spinup_days", spinup_days, 0.0, days, "day")
     if spinup_days >= days:
         raise ConfigurationError(
             f"spinup_days = {spinup_days:g} day must be shorter than days = {days:g} day")
-    n_saves_total = _whole("days", days * DAY, "coarse_dt", coarse_dt)
-    n_spinup_saves = _whole("spinup_days", spinup_days * DAY, "coarse_dt", coarse_dt,
-                            allow_zero=True)
+    n_saves_total = whole_count("days", days * DAY, "coarse_dt", coarse_dt)
+    n_spinup_saves = whole_count("spinup_days", spinup_days * DAY, "coarse_dt", coarse_dt,
+                                 minimum=0)
     return TruthPlan(fine_levels, save_every, n_saves_total * save_every, n_spinup_saves,
                      n_saves_total - n_spinup_saves)
-
-
-def _whole(name: str, value: float, unit_name: str, unit: float, allow_zero=False) -> int:
-    """``value / unit`` as an integer; an error naming both when it is not one."""
-    ratio = float(value) / float(unit)
-    count = round(ratio)
-    if abs(ratio - count) > WHOLE_TOLERANCE * max(1.0, ratio) or (count < 1 and not allow_zero):
-        raise ConfigurationError(
-            f"{name} ({float(value):g} s) must be a whole (nonzero) number of {unit_name} "
-            f"({float(unit):g} s); got {ratio:g}")
-    return int(count)
 
 
 def generate_truth(
@@ -279,15 +268,15 @@ def generate_truth(
     "gabls1" or "dry_cbl", e.g. from ``experiments.scenarios.sample_scenarios``) and return it
     coarse-grained (module docstring).
 
-    All scenarios run at once, vectorised. Returns a dataset with dims ``(scenario, time, z)``
-    and ``(scenario, time, z_interface)`` on the coarse grid (the case at ``coarse_levels``,
-    same top), times from ``spinup_days`` to ``days`` every ``coarse_dt`` (s since the case's
-    start: for ``diurnal`` midnight, so the time of day is ``time mod 86400``); ``days`` and
-    ``spinup_days`` default to the case's (``truth_length``); layout in ``docs/truth.md``.
-    ``split`` and ``seed`` are only recorded (provenance), ``case`` is recorded too, and so
-    are ``labels``, the family of each scenario (``experiments.scenarios.scenario_labels``;
-    default: the split's name), as the variable ``family``. A
-    scenario whose fine run fails is flagged in ``failed_at`` and warned about
+    All scenarios run at once, vectorised. Returns a dataset with dims ``(time, column, z)``
+    and ``(time, column, z_interface)`` (a column per scenario) on the coarse grid (the case
+    at ``coarse_levels``, same top), times from ``spinup_days`` to ``days`` every
+    ``coarse_dt`` (s since the case's start: for ``diurnal`` midnight, so the time of day is
+    ``time mod 86400``); ``days`` and ``spinup_days`` default to the case's
+    (``truth_length``); layout in ``docs/truth.md``. ``split`` and ``seed`` are only recorded
+    (provenance), ``case`` is recorded too, and so are ``labels``, the family of each scenario
+    (``experiments.scenarios.scenario_labels``; default: the split's name), as the variable
+    ``family``. A scenario whose fine run fails is flagged in ``failed_at`` and warned about
     (``RuntimeWarning``); after the failure its values are held at the last valid state.
     """
     start = time.perf_counter()
@@ -324,59 +313,61 @@ def generate_truth(
     failed_level = np.asarray(trajectory.failed_level)
     failed = np.isfinite(failed_at)
     variables = {}
+    def time_first(values) -> np.ndarray:
+        """``(scenario, time, ...)`` saves as ``(time, column, ...)``, the run files' order."""
+        return np.swapaxes(np.asarray(values)[:, keep], 0, 1)
+
     for field in TRUTH_FIELDS:
         variables[STATE_NAMES.get(field, field)] = xr.Variable(
-            ("scenario", "time", "z"), np.asarray(getattr(trajectory.state, field)[:, keep]),
+            ("time", "column", "z"), time_first(getattr(trajectory.state, field)),
             {**field_metadata(field), "comment": COARSE_MEAN})
     for field in TRUTH_FIELDS:
         variables[flux_name(field)] = xr.Variable(
-            ("scenario", "time", "z_interface"),
-            np.asarray(getattr(trajectory.flux, field)[:, keep]),
+            ("time", "column", "z_interface"), time_first(getattr(trajectory.flux, field)),
             {**flux_metadata(field), "comment": COARSE_FLUX})
     for name, values in trajectory.diagnostics.items():
-        variables[name] = xr.Variable(("scenario", "time"), np.asarray(values[:, keep]),
+        variables[name] = xr.Variable(("time", "column"), time_first(values),
                                       {**diagnostic_metadata(name),
                                        "comment": "from the high-resolution run"})
     variables["failed_at"] = xr.Variable(
-        "scenario", np.where(failed, failed_at, np.nan), FAILURE_METADATA["failed_at"])
+        "column", np.where(failed, failed_at, np.nan), FAILURE_METADATA["failed_at"])
     variables["failed_height"] = xr.Variable(
-        "scenario", np.where(failed, fine_z[np.clip(failed_level, 0, None)], np.nan),
+        "column", np.where(failed, fine_z[np.clip(failed_level, 0, None)], np.nan),
         {**FAILURE_METADATA["failed_height"], "comment": "on the high-resolution grid; "
          + FAILURE_METADATA["failed_height"]["comment"]})
     fine_grids = models.grid
+    variables["z_bounds"] = layer_bounds(coarse_grid.z_interface)
     variables["layer_mass"] = xr.Variable(
-        ("scenario", "z"), np.asarray(jax.vmap(coarse_layer_mass, (0, None))(
+        ("column", "z"), np.asarray(jax.vmap(coarse_layer_mass, (0, None))(
             fine_grids, int(refinement))),
         {"units": "kg m-2", "long_name": "mass of the coarse layer: sum of rho dz of its "
          "high-resolution layers (the coarse-graining weights)"})
     variables["rho_interface"] = xr.Variable(
-        ("scenario", "z_interface"), np.asarray(fine_grids.rho_interface[:, ::refinement]),
+        ("column", "z_interface"), np.asarray(fine_grids.rho_interface[:, ::refinement]),
         {**REFERENCE_METADATA["rho"], "long_name": "reference air density of the "
          "high-resolution grid at the coarse interfaces"})
     variables["family"] = xr.Variable(
-        "scenario", np.asarray(labels, dtype=str),
+        "column", np.asarray(labels, dtype=str),
         {"units": "1", "long_name": "scenario family (train, validation, margin_<parameter>, "
          "test or an extrapolation family)"})
     specs = case_parameters(case)
     for name, (_, _, _, units, text) in specs.items():
         values = [float(built.parameters[name]) for built in fine]
         variables[f"parameter_{name}"] = xr.Variable(
-            "scenario", np.asarray(values), {"units": units, "long_name": text})
+            "column", np.asarray(values), {"units": units, "long_name": text})
 
     coords = {
-        "scenario": xr.Variable("scenario", np.arange(len(fine), dtype=np.int32),
-                                {"units": "1", "long_name": "scenario index"}),
         "time": xr.Variable("time", times, {
-            **COORDINATE_METADATA["time"], "comment": TIME_COMMENTS.get(
-                case, "seconds since the start of the case (its initial state)")
-            + "; the spin-up (spinup_days) is discarded"}),
-        "z": xr.Variable("z", np.asarray(coarse_grid.z), COORDINATE_METADATA["z"]),
-        "z_interface": xr.Variable("z_interface", np.asarray(coarse_grid.z_interface),
-                                   COORDINATE_METADATA["z_interface"]),
+            **COORDINATE_METADATA["time"], "comment": COORDINATE_METADATA["time"]["comment"]
+            + TIME_COMMENTS.get(case, "") + "; the spin-up (spinup_days) is discarded"}),
+        "column": xr.Variable("column", np.arange(len(fine), dtype=np.int32),
+                              {"units": "1", "long_name": "scenario index"}),
+        **height_coordinates(coarse_grid),
     }
     attrs = {
         "title": f"hybrid-scm coarse-grained high-resolution truth of the {case} case",
         "case": case,
+        "references": "; ".join(definition(case).references),
         "turbulence": "tke",
         "split": split,
         "seed": seed,
@@ -428,21 +419,16 @@ def load_truth(path, grid: ColumnGrid | None = None, case: str | None = None) ->
     """
     if case is not None:
         scenario_family(case)  # an unknown case is an error before the file is opened
-    try:
-        dataset = read_netcdf(path)
-    except FileNotFoundError:
-        raise ConfigurationError(f"truth file {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"truth file {path} cannot be read as netCDF: {error}") from None
+    dataset = read_netcdf(path)
     if case is not None and dataset.attrs.get("case") != case:
         raise ConfigurationError(
             f"truth file {path} holds truth of the case {dataset.attrs.get('case')!r}, "
             f"expected {case!r}")
-    expected = {**{name: ("scenario", "time", "z") for name in ("u", "v", "theta")},
-                **{name: ("scenario", "time", "z_interface") for name in ("uw", "vw",
-                                                                          "heat_flux")},
-                **{name: ("scenario", "time") for name in TRAINING_VARIABLES[6:]},
-                "failed_at": ("scenario",)}
+    expected = {**{name: ("time", "column", "z") for name in ("u", "v", "theta")},
+                **{name: ("time", "column", "z_interface") for name in ("uw", "vw",
+                                                                        "heat_flux")},
+                **{name: ("time", "column") for name in TRAINING_VARIABLES[6:]},
+                "failed_at": ("column",)}
     missing = [name for name in (*REQUIRED_VARIABLES, "time", "z", "z_interface")
                if name not in dataset.variables]
     if missing:
@@ -457,7 +443,7 @@ def load_truth(path, grid: ColumnGrid | None = None, case: str | None = None) ->
         bad = ~np.isfinite(values)
         if bad.any():
             index = np.unravel_index(int(np.argmax(bad)), values.shape)
-            scenario, step = int(index[0]), int(index[1])
+            step, scenario = int(index[0]), int(index[1])
             raise ConfigurationError(
                 f"truth file {path}: {name} is not finite ({values[index]}) at scenario "
                 f"{scenario}, time {float(times[step]):g} s (time index {step}); "
@@ -498,7 +484,7 @@ def scenario_parameters(dataset: xr.Dataset) -> list[dict[str, float]]:
     names = [n.removeprefix("parameter_") for n in dataset.data_vars
              if n.startswith("parameter_")]
     return [{n: float(dataset[f"parameter_{n}"].values[i]) for n in names}
-            for i in range(dataset.sizes["scenario"])]
+            for i in range(dataset.sizes["column"])]
 
 
 def scenario_families(dataset: xr.Dataset) -> list[str]:
@@ -506,14 +492,14 @@ def scenario_families(dataset: xr.Dataset) -> list[str]:
     without one: the split's name)."""
     if "family" in dataset:
         return [str(x) for x in dataset["family"].values]
-    return [str(dataset.attrs.get("split", "scenario"))] * dataset.sizes["scenario"]
+    return [str(dataset.attrs.get("split", "scenario"))] * dataset.sizes["column"]
 
 
 def truth_summary(dataset: xr.Dataset) -> dict:
     """Scenarios, time span (s) and failed scenarios of a truth dataset, for reports."""
     times = dataset["time"].values
     failed = np.flatnonzero(np.isfinite(dataset["failed_at"].values))
-    return {"scenarios": int(dataset.sizes["scenario"]), "start_s": float(times[0]),
+    return {"scenarios": int(dataset.sizes["column"]), "start_s": float(times[0]),
             "end_s": float(times[-1]), "saves": int(times.size),
             "failed": [int(i) for i in failed]}
 

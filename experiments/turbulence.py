@@ -333,7 +333,8 @@ def truth_states(dataset: xr.Dataset, template: State,
     """Truth fields ``names`` (u, v, θl) as a ``State`` ``(scenario, time, ...)`` with the
     structure of the coarse model's state (qt zero); ``("uw", "vw", "heat_flux")`` gives the
     sub-grid fluxes."""
-    u, v, thl = (jnp.asarray(dataset[name].values, template.u.dtype) for name in names)
+    u, v, thl = (jnp.asarray(dataset[name].transpose("column", "time", ...).values,
+                             template.u.dtype) for name in names)
     return State(u, v, thl, jnp.zeros_like(u))
 
 
@@ -638,7 +639,7 @@ def run_experiment(out: str | Path, config: ExperimentConfig | None = None,
 
     def prepare(split: str) -> tuple[xr.Dataset, list[Case]]:
         dataset = truth_for(split, config, out, progress)
-        log(f"truth {split}: {dataset.sizes['scenario']} scenarios "
+        log(f"truth {split}: {dataset.sizes['column']} scenarios "
             f"({time.perf_counter() - start:.0f} s)")
         return dataset, coarse_cases(dataset, config)
 

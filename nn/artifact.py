@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -44,6 +45,7 @@ from nn.ood import InputDistance, OODFallback
 from nn.parameterization import NeuralParameterization, make_network
 from nn.wrappers import Residual
 from physics.surface import AbstractSurfaceLayer
+from scm.constants import MIN_LEVELS
 from scm.errors import ConfigurationError, check_choice
 from scm.io import package_version, write_atomic
 from scm.model import SLOTS, Model
@@ -179,7 +181,7 @@ def _read_json(path: Path) -> dict:
 def _arrays(path: Path, spec: dict, names, sizes) -> list:
     try:
         arrays = [np.asarray(spec[name], float) for name in names]
-    except (KeyError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ConfigurationError(f"{path} lacks or misformats {error}") from None
     if [a.size for a in arrays] != list(sizes) or not all(np.isfinite(a).all() for a in arrays):
         raise ConfigurationError(f"{path} must hold finite arrays {list(names)} of sizes "
@@ -187,35 +189,90 @@ def _arrays(path: Path, spec: dict, names, sizes) -> list:
     return [as_float(a) for a in arrays]
 
 
-def load_artifact(directory: str | os.PathLike) -> Artifact:
-    """Read and check an artifact directory written by ``save_artifact``."""
+#: Built-in network kind → the options ``make_network`` needs for it (positive integers);
+#: other kinds are ``package.module:callable`` recipes with options of their own.
+NETWORK_OPTIONS: dict[str, tuple[str, ...]] = {"mlp": ("width", "depth"),
+                                               "conv": ("width", "depth", "kernel_size"),
+                                               "eqx_mlp": ("width", "depth")}
+
+
+def check_config(config, path: Path) -> None:
+    """Raise ``ConfigurationError`` naming the entry of ``config.json`` (at ``path``), its
+    value and what is allowed, unless ``config`` describes an artifact this version can
+    build. Needs no array library: ``scm inspect`` runs it without loading the weights."""
+    def entry(name: str):
+        value = config
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ConfigurationError(f"{path} lacks the entry {name}")
+            value = value[key]
+        return value
+
+    def require(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise ConfigurationError(f"{path}: {name} = {entry(name)!r} is not {allowed}")
+
+    def positive_number(value, integer: bool) -> bool:
+        kinds = int if integer else int | float
+        return (isinstance(value, kinds) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0)
+
+    if not isinstance(config, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object (got {type(config).__name__})")
+    require("format", entry("format") == FORMAT, f"{FORMAT!r}")
+    require("slot", entry("slot") in SLOTS, f"one of {', '.join(SLOTS)}")
+    require("coupling", entry("coupling") in COUPLINGS, f"one of {', '.join(COUPLINGS)}")
+    if config["coupling"] == "residual":
+        require("physics", isinstance(entry("physics"), str) and bool(config["physics"]),
+                "the name of the physics scheme it corrects")
+    kind = entry("network.kind")
+    require("network.kind", isinstance(kind, str) and (kind in NETWORK_OPTIONS or ":" in kind),
+            f"one of {', '.join(NETWORK_OPTIONS)} or a 'package.module:callable' recipe")
+    levels = entry("network.levels")
+    require("network.levels", positive_number(levels, True) and levels >= MIN_LEVELS,
+            f"an integer >= {MIN_LEVELS}")
+    require("network.options", isinstance(entry("network.options"), dict), "a JSON object")
+    for option in NETWORK_OPTIONS.get(kind, ()):
+        require(f"network.options.{option}",
+                positive_number(entry(f"network.options.{option}"), True), "a positive integer")
+    head_kind = entry("head.kind")
+    require("head.kind", head_kind in HEADS, f"one of {', '.join(HEADS)}")
+    require("head.options", isinstance(entry("head.options"), dict), "a JSON object")
+    for option in HEADS[head_kind][1]:
+        require(f"head.options.{option}", positive_number(entry(f"head.options.{option}"),
+                                                          False), "a positive number")
+    if "features" in config:
+        require("features", isinstance(config["features"], list | None), "a list of names")
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The checked ``config.json`` of an artifact directory (``check_config``)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigurationError(f"artifact directory {directory} does not exist")
+        raise ConfigurationError(f"artifact directory {directory} does not exist"
+                                 if not directory.exists() else
+                                 f"artifact {directory} is not a directory")
+    config = _read_json(directory / "config.json")
+    check_config(config, directory / "config.json")
+    return config
+
+
+def load_artifact(directory: str | os.PathLike) -> Artifact:
+    """Read and check an artifact directory written by ``save_artifact``: every problem is a
+    ``ConfigurationError`` naming the file, the entry and what is wrong."""
+    directory = Path(directory)
     config_path = directory / "config.json"
-    config = _read_json(config_path)
-    if config.get("format") != FORMAT:
-        raise ConfigurationError(f"{config_path} is not a {FORMAT} "
-                                 f"configuration (format = {config.get('format')!r})")
-    try:
-        slot, coupling = config["slot"], config["coupling"]
-        network_spec, head_spec = config["network"], config["head"]
-        head_class, _ = HEADS[head_spec["kind"]]
-    except (KeyError, TypeError) as error:
-        raise ConfigurationError(f"{config_path} lacks or misnames entry {error}") from None
-    if slot not in SLOTS:
-        raise ConfigurationError(f"{config_path}: slot {slot!r} does not exist "
-                                 f"(slots: {', '.join(SLOTS)})")
-    if coupling not in COUPLINGS:
-        raise ConfigurationError(f"{config_path}: coupling {coupling!r} is not "
-                                 f"one of {COUPLINGS}")
+    config = read_config(directory)
+    network_spec, head_spec = config["network"], config["head"]
+    head_class, _ = HEADS[head_spec["kind"]]
     config.setdefault("name", _default_name(directory))
     config.setdefault("ood", {"fallback": False})
     try:
         features = FeatureSet.from_names(config.get("features") or FeatureSet.from_names().names)
     except ConfigurationError as error:
         raise ConfigurationError(f"{config_path}: {error}") from None
-    head = head_class(**head_spec["options"])
+    head = head_class(**{name: head_spec["options"][name]
+                         for name in HEADS[head_spec["kind"]][1]})
     skeleton = make_network(network_spec["kind"], head, network_spec["levels"],
                             key=jax.random.key(0), features=features,
                             **network_spec["options"])
@@ -270,7 +327,7 @@ def install_artifact(model: Model, artifact: Artifact, *,
     if config["network"]["kind"] != "conv" and model.grid.n_levels != levels:
         raise ConfigurationError(
             f"the artifact's column network was trained on {levels} levels; the model has "
-            f"{model.grid.n_levels} (run it with --levels {levels})")
+            f"{model.grid.n_levels} (use it on {levels} levels)")
     expected = config.get("physics_class")
     if config["coupling"] == "residual" and expected and type(current).__name__ != expected:
         raise ConfigurationError(
@@ -290,5 +347,5 @@ def install_artifact(model: Model, artifact: Artifact, *,
                            else scheme)
 
 
-__all__ = ["Artifact", "COUPLINGS", "FILES", "HEADS", "install_artifact", "load_artifact",
-           "save_artifact"]
+__all__ = ["Artifact", "COUPLINGS", "FILES", "HEADS", "check_config", "install_artifact",
+           "load_artifact", "read_config", "save_artifact"]

@@ -7,10 +7,22 @@ Processes (rates in kg kg⁻¹ s⁻¹):
   (∂qr/∂t)_au = 1350 qc^2.47 Nc^−1.79 (qc in kg/kg, Nc in cm⁻³) and
   (∂qr/∂t)_ac = 67 (qc qr)^1.15, applied to in-cloud liquid separately in the updraft (area
   a_u, liquid ql,u) and in the environment's cloudy part (fraction Ce, in-cloud liquid ql,e):
-  the rates are nonlinear, so applying them to grid means would underestimate them.
-- Rain falls through a precipitation fraction (``precipitation_fraction``: the largest raining
-  cloud fraction above, Morrison & Gettelman 2008), within which it has the concentration
-  qr/fraction that accretion, fall speed and evaporation see.
+  the rates are nonlinear, so applying them to grid means would underestimate them. For the
+  same reason each rate is multiplied by its mean over the spread of cloud water within the
+  cloudy part, a gamma distribution of shape ν (inverse relative variance) about the mean:
+  E = Γ(ν + β)/(Γ(ν) ν^β) for a rate ∝ qc^β (Morrison & Gettelman 2008, J. Climate 21,
+  section 2b), ν = 1 (their default; Barker et al. 1996 found ν ≈ 1 for broken cloud fields),
+  E = 3.2 for autoconversion and 1.07 for accretion. The updraft is one bulk plume standing
+  for a population of cumuli whose cores are diluted unequally; the deepest, least diluted
+  ones make the rain.
+- Rain falls through a precipitation fraction (``precipitation_fraction``): the cloud fraction
+  above weighted by the rain formed there (Tiedtke 1993, MWR 121, approximates the area of
+  precipitation by the precipitation-flux-weighted cloud cover above), within which it has the
+  concentration qr/fraction that accretion, fall speed and evaporation see. The rain of trade
+  cumuli forms in the cores of the deepest clouds and falls through them, not through the
+  widest cloud above (the maximum overlap of Morrison & Gettelman spread RICO's rain over
+  the updraft's area at cloud base, three to ten times the area that made it, where it
+  evaporated before reaching the ground).
 - Evaporation of rain in the clear air, with the one-moment Marshall–Palmer closure and the
   ventilation factor of Seifert & Beheng (2006) (as in the one-moment scheme of CliMA's
   CloudMicrophysics.jl): n(r) = n0 e^(−λr), n0 = 1.6 × 10⁷ m⁻⁴, λ = (8π ρw n0/(ρ qr))^(1/4),
@@ -24,7 +36,10 @@ Processes (rates in kg kg⁻¹ s⁻¹):
   λD = (π ρw N0/(ρ qr))^(1/4), at least 0: bounded (≤ 9.65 m/s) and smooth. λD is bounded by
   the smallest mean mass of rain drops of Seifert & Beheng (2006), 2.6 × 10⁻¹⁰ kg, so that
   light rain still falls (≥ 0.36 m/s; without the bound the speed vanishes below
-  qr ≈ 10⁻⁸ and the rain of trade cumuli stays aloft until it evaporates).
+  qr ≈ 10⁻⁸ and the rain of trade cumuli stays aloft until it evaporates). Where the bound
+  holds, the intercept falls with qr (n0 (λ_bound/λ)⁴, λ the unbounded slope) so that the
+  distribution still holds qr: evaporation then stays proportional to qr instead of being
+  that of a distribution with more water than there is.
 
 Time stepping (over the model's ``time_step``, as the case builder sets it): the process rates
 are limited so that no more cloud converts than exists (S ≤ ql/Δt) and no more rain evaporates
@@ -69,8 +84,11 @@ from scm.levels import recurrence
 from scm.parameterization import AbstractParameterization, Tendency
 from scm.state import State, as_float
 
-#: Smallest fraction of a level the rain is assumed to fall through.
-MIN_PRECIPITATION_FRACTION = 0.01
+#: Smallest fraction of a level the rain is assumed to fall through (where none formed above;
+#: elsewhere the raining clouds' own fraction).
+MIN_PRECIPITATION_FRACTION = 1.0e-3
+#: Exponents of cloud water in the KK2000 autoconversion and accretion rates.
+AUTOCONVERSION_EXPONENT, ACCRETION_EXPONENT = 2.47, 1.15
 #: Rain below this (kg/kg) has no fall speed nor evaporation (its power laws are not
 #: differentiable at zero).
 MIN_RAIN = 1.0e-12
@@ -91,12 +109,26 @@ AIR_CONDUCTIVITY = 2.4e-2  # W m-1 K-1
 
 def autoconversion(cloud_liquid, droplet_number):
     """KK2000 eq. 29: 1350 qc^2.47 Nc^−1.79 (kg/kg s-1; Nc in cm-3)."""
-    return 1350.0 * jnp.maximum(cloud_liquid, 0.0) ** 2.47 * droplet_number ** -1.79
+    return (1350.0 * jnp.maximum(cloud_liquid, 0.0) ** AUTOCONVERSION_EXPONENT
+            * droplet_number ** -1.79)
 
 
 def accretion(cloud_liquid, rain):
     """KK2000 eq. 33: 67 (qc qr)^1.15 (kg/kg s-1)."""
-    return 67.0 * (jnp.maximum(cloud_liquid, 0.0) * jnp.maximum(rain, 0.0)) ** 1.15
+    return 67.0 * (jnp.maximum(cloud_liquid, 0.0) * jnp.maximum(rain, 0.0)) ** ACCRETION_EXPONENT
+
+
+def variability_enhancement(exponent: float, shape):
+    """E = Γ(ν + β)/(Γ(ν) ν^β): the mean of qc^β over a gamma distribution of cloud water of
+    shape ν, over the β-th power of its mean (Morrison & Gettelman 2008, section 2b); → 1 as
+    ν → ∞ (uniform cloud water)."""
+    gammaln = jax.scipy.special.gammaln
+    return jnp.exp(gammaln(shape + exponent) - gammaln(shape) - exponent * jnp.log(shape))
+
+
+def _unbounded_diameter_slope(rain, rho):
+    safe = jnp.where(rain > MIN_RAIN, rain, 1.0)
+    return (math.pi * LIQUID_WATER_DENSITY * DIAMETER_INTERCEPT / (rho * safe)) ** 0.25
 
 
 def diameter_slope(rain, rho):
@@ -104,9 +136,7 @@ def diameter_slope(rain, rho):
     (π ρw N0/(ρ qr))^(1/4), at most the value whose mean drop mass π ρw/λD³ is the smallest
     mass of a rain drop of Seifert & Beheng (2006), 2.6 × 10⁻¹⁰ kg (80 μm): as qr → 0 a fixed
     intercept would shrink the drops to cloud droplets that no longer fall."""
-    safe = jnp.where(rain > MIN_RAIN, rain, 1.0)
-    slope = (math.pi * LIQUID_WATER_DENSITY * DIAMETER_INTERCEPT / (rho * safe)) ** 0.25
-    return jnp.minimum(slope, MAX_DIAMETER_SLOPE)
+    return jnp.minimum(_unbounded_diameter_slope(rain, rho), MAX_DIAMETER_SLOPE)
 
 
 def fall_speed(rain, rho, surface_rho):
@@ -120,7 +150,11 @@ def evaporation_rate(rain, temperature, saturation_ratio, rho):
     """Rate at which rain evaporates in subsaturated air (kg/kg s-1, ≥ 0), from the
     Marshall–Palmer closure (the module docstring)."""
     has_rain = rain > MIN_RAIN
-    slope = 2.0 * diameter_slope(rain, rho)
+    unbounded = _unbounded_diameter_slope(rain, rho)
+    bounded = jnp.minimum(unbounded, MAX_DIAMETER_SLOPE)
+    # The intercept that makes the (bounded) distribution hold qr: n0 (λ_bound/λ)⁴ ≤ n0.
+    intercept = RADIUS_INTERCEPT * (bounded / unbounded) ** 4
+    slope = 2.0 * bounded
     es, _ = saturation_vapor_pressure(temperature)
     lv = LATENT_HEAT_VAPORIZATION
     rv_t = WATER_VAPOR_GAS_CONSTANT * temperature
@@ -133,7 +167,7 @@ def evaporation_rate(rain, temperature, saturation_ratio, rho):
         * (REFERENCE_RADIUS * slope) ** -0.25
         * jnp.sqrt(2.0 * v0 / (AIR_VISCOSITY * slope)) * math.gamma(11.0 / 4.0))
     deficit = jnp.maximum(1.0 - saturation_ratio, 0.0)
-    rate = 4.0 * math.pi * RADIUS_INTERCEPT / rho * deficit * g / slope**2 * ventilation
+    rate = 4.0 * math.pi * intercept / rho * deficit * g / slope**2 * ventilation
     return jnp.where(has_rain, rate, 0.0)
 
 
@@ -141,20 +175,24 @@ class WarmRain(AbstractParameterization):
     """Warm-rain microphysics with prognostic rain (see the module docstring).
 
     ``cloud``: where the cloud comes from (the turbulence closure, which knows its updraft,
-    or a statistical scheme of the grid mean); ``droplet_number`` Nc (cm-3); ``time_step``
-    the model's (s).
+    or a statistical scheme of the grid mean); ``droplet_number`` Nc (cm-3);
+    ``cloud_water_shape`` ν of the cloud water's spread within the cloudy part (large: uniform
+    cloud water, no enhancement of the rates); ``time_step`` the model's (s).
     """
 
     cloud: AbstractCloudSource
     droplet_number: Float[Array, ""]
+    cloud_water_shape: Float[Array, ""]
     time_step: float = eqx.field(static=True)
 
     def __init__(self, cloud: AbstractCloudSource, droplet_number=70.0,
-                 time_step: float = 60.0):
+                 cloud_water_shape=1.0, time_step: float = 60.0):
         check_range("droplet_number", droplet_number, 1.0, 5000.0, "cm-3")
+        check_range("cloud_water_shape", cloud_water_shape, 0.1, 1.0e4)
         check_positive("time_step", time_step, "s")
         self.cloud = cloud
         self.droplet_number = as_float(droplet_number)
+        self.cloud_water_shape = as_float(cloud_water_shape)
         self.time_step = float(time_step)
 
     def required_tracers(self) -> tuple[str, ...]:
@@ -165,19 +203,24 @@ class WarmRain(AbstractParameterization):
         cloud = self.cloud.cloud(state, forcing, grid)
         rain = jnp.maximum(state.tracers["qr"], 0.0)
         nc = self.droplet_number
+        enhance_autoconversion = variability_enhancement(AUTOCONVERSION_EXPONENT,
+                                                         self.cloud_water_shape)
+        enhance_accretion = variability_enhancement(ACCRETION_EXPONENT, self.cloud_water_shape)
         updraft_cloud = cloud.updraft_area * (cloud.updraft_liquid > 0)
         environment_cloud = (1.0 - cloud.updraft_area) * cloud.environment_fraction
-        share = precipitation_fraction(
-            updraft_cloud, environment_cloud,
-            cloud.updraft_area * autoconversion(cloud.updraft_liquid, nc),
-            environment_cloud * autoconversion(cloud.environment_liquid, nc))
+        updraft_autoconversion = enhance_autoconversion * autoconversion(cloud.updraft_liquid, nc)
+        environment_autoconversion = enhance_autoconversion * autoconversion(
+            cloud.environment_liquid, nc)
+        share = precipitation_fraction(updraft_cloud, environment_cloud,
+                                       cloud.updraft_area * updraft_autoconversion,
+                                       environment_cloud * environment_autoconversion)
         rain_in_shaft = rain / share
-
-        def conversion(liquid):
-            return autoconversion(liquid, nc) + accretion(liquid, rain_in_shaft)
-
-        formed = (cloud.updraft_area * conversion(cloud.updraft_liquid)
-                  + environment_cloud * conversion(cloud.environment_liquid))
+        formed = (cloud.updraft_area
+                  * (updraft_autoconversion
+                     + enhance_accretion * accretion(cloud.updraft_liquid, rain_in_shaft))
+                  + environment_cloud
+                  * (environment_autoconversion
+                     + enhance_accretion * accretion(cloud.environment_liquid, rain_in_shaft)))
         formed = jnp.minimum(formed, cloud.liquid / dt)
 
         vapor = state.qt - cloud.liquid
@@ -202,18 +245,16 @@ class WarmRain(AbstractParameterization):
 
 
 def precipitation_fraction(updraft_cloud, environment_cloud, updraft_rain, environment_rain):
-    """Fraction of each level that the rain falls through: the largest raining cloud fraction
-    at or above it (the maximum-overlap precipitation fraction of Morrison & Gettelman 2008),
-    at least ``MIN_PRECIPITATION_FRACTION``. The raining fraction of a level is the cloudy
-    area of the updraft and of the environment weighted by the rain each forms there
-    (``*_rain``, per unit volume of grid box): the rain of trade cumuli forms in their cores
-    and falls through them, not through the whole cloud layer."""
-    total = updraft_rain + environment_rain
-    weighted = ((updraft_rain * updraft_cloud + environment_rain * environment_cloud)
-                / jnp.where(total > 0, total, 1.0))
-    raining = jnp.where(total > 0, weighted, updraft_cloud + environment_cloud)
-    above = jax.lax.cummax(raining, reverse=True)
-    return jnp.maximum(above, MIN_PRECIPITATION_FRACTION)
+    """Fraction of each level that the rain falls through: the cloudy area of the updraft and
+    of the environment at and above the level, weighted by the rain each forms there
+    (``*_rain``, per unit volume of grid box; Tiedtke 1993's precipitation-flux-weighted cloud
+    cover), at least ``MIN_PRECIPITATION_FRACTION``: the rain of trade cumuli forms in the
+    cores of the deepest clouds and falls through them, not through the widest cloud above."""
+    formed = (updraft_rain + environment_rain)[::-1]
+    weighted = (updraft_rain * updraft_cloud + environment_rain * environment_cloud)[::-1]
+    formed_above, weighted_above = jnp.cumsum(formed)[::-1], jnp.cumsum(weighted)[::-1]
+    raining = weighted_above / jnp.where(formed_above > 0, formed_above, 1.0)
+    return jnp.maximum(raining, MIN_PRECIPITATION_FRACTION)
 
 
 def sedimentation(rain, grid: ColumnGrid, dt: float, share=1.0):

@@ -1,4 +1,5 @@
-"""Physical constants (SI units). The single place where they are defined."""
+"""Physical constants (SI units) and the model's fixed limits. The single place where they are
+defined (no JAX here: the command line checks its options against them before JAX starts)."""
 
 GRAVITY = 9.80665  # m s-2
 DRY_AIR_GAS_CONSTANT = 287.04  # J kg-1 K-1
@@ -15,6 +16,8 @@ EPSILON = DRY_AIR_GAS_CONSTANT / WATER_VAPOR_GAS_CONSTANT
 #: Rv/Rd − 1 (≈ 0.608), in θv = θ (1 + 0.608 qv − ql).
 VIRTUAL_COEFFICIENT = WATER_VAPOR_GAS_CONSTANT / DRY_AIR_GAS_CONSTANT - 1.0
 LIQUID_WATER_DENSITY = 1000.0  # kg m-3
+#: The fewest levels a column may have.
+MIN_LEVELS = 8
 
 
 def coriolis_parameter(latitude_degrees):

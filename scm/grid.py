@@ -12,12 +12,11 @@ from scm.constants import (
     DRY_AIR_HEAT_CAPACITY,
     GRAVITY,
     KAPPA,
+    MIN_LEVELS,
     REFERENCE_PRESSURE,
 )
 from scm.errors import ConfigurationError, check_range
 from scm.state import as_float
-
-MIN_LEVELS = 8
 
 
 class ColumnGrid(eqx.Module):

@@ -219,6 +219,33 @@ def check_time_step(model: Model, dt) -> None:
                 f"model steps dt = {dt:g} s; build it with time_step = {dt:g} s")
 
 
+def check_rollout_arguments(model: Model, state0: State, t0, dt, n_steps: int,
+                            save_every: int) -> None:
+    """Raise ``ConfigurationError`` naming the argument, its value and what is allowed for a
+    rollout that cannot be right: a step count that is not a whole multiple of the output
+    interval, a state on another number of levels than the grid, a time or time step that is
+    not finite (``dt`` > 0). Values traced under ``jit`` are not known and not checked."""
+    for name, value, least in (("n_steps", n_steps, 0), ("save_every", save_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise ConfigurationError(f"{name} must be an integer >= {least} (got {value!r})")
+    if n_steps % save_every:
+        raise ConfigurationError(
+            f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
+    levels = model.grid.n_levels
+    for name, x in state0.fields().items():
+        if jnp.shape(x)[-1:] != (levels,):
+            raise ConfigurationError(f"state0.{name} has shape {jnp.shape(x)} but the grid has "
+                                     f"{levels} levels (one column: shape ({levels},))")
+    for name, value in (("t0", t0), ("dt", dt)):
+        if isinstance(value, jax.core.Tracer):
+            continue
+        numbers = np.asarray(value, dtype=float).ravel()
+        bad = ~np.isfinite(numbers) | ((numbers <= 0.0) if name == "dt" else False)
+        if bad.any():
+            allowed = "a finite number > 0 s" if name == "dt" else "a finite number of s"
+            raise ConfigurationError(f"{name} must be {allowed} (got {numbers[bad][0]:g})")
+
+
 def guarded_step(solver: SemiImplicitEuler, term: ColumnTerm, state: State, t, dt,
                  bounds: dict[str, tuple[float, float]], failed_at, failed_level):
     """One step from t to t + dt that records the first failure instead of propagating it.
@@ -282,8 +309,7 @@ def rollout(
     rollout, pass its last state and its ``failed_at``/``failed_level``: a column that has
     already failed stays held.
     """
-    if n_steps % save_every:
-        raise ValueError(f"n_steps ({n_steps}) must be a multiple of save_every ({save_every})")
+    check_rollout_arguments(model, state0, t0, dt, n_steps, save_every)
     check_time_step(model, dt)
     solver, term, grid = SemiImplicitEuler(), ColumnTerm(model, forcing), model.grid
     dtype = state0.u.dtype

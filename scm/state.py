@@ -14,7 +14,6 @@ FIELD_METADATA: dict[str, dict[str, str]] = {
     "thl": {
         "units": "K",
         "long_name": "liquid-water potential temperature (potential temperature when dry)",
-        "standard_name": "air_potential_temperature",
     },
     "qt": {
         "units": "kg kg-1",
@@ -29,7 +28,7 @@ FIELD_METADATA: dict[str, dict[str, str]] = {
     "qr": {
         "units": "kg kg-1",
         "long_name": "rain water specific humidity",
-        "standard_name": "mass_fraction_of_rain_in_air",
+        "standard_name": "mass_fraction_of_liquid_precipitation_in_air",
     },
 }
 

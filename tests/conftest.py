@@ -160,3 +160,51 @@ def kit() -> types.SimpleNamespace:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)
+
+
+#: Tables of area types and region names for the CF checker, which otherwise downloads them:
+#: no file of this package has an ``area_type`` or a region name, so empty tables check the
+#: same.
+EMPTY_TABLES = {
+    "area": "<area_type_table><version_number>0</version_number><date>none</date>"
+            "</area_type_table>",
+    "region": "<standardized_region_list><version_number>0</version_number><date>none</date>"
+              "</standardized_region_list>",
+}
+
+
+@pytest.fixture(scope="session")
+def cf_check(tmp_path_factory):
+    """``cf_check(path)``: run ``cfchecks`` (the ``cfchecker`` package) on a netCDF file
+    offline, with the CF standard-name table that ``compliance-checker`` ships, and assert no
+    error and no warning (the messages are the assertion's text). Skips where the checker or
+    the udunits2 library it loads is missing."""
+    try:
+        from importlib.resources import files
+
+        from cfchecker import cfchecks  # loads udunits2 through cfunits
+
+        standard_names = files("compliance_checker") / "data" / "cf-standard-name-table.xml"
+    except Exception as error:  # ImportError, or OSError / FileNotFoundError for udunits2
+        pytest.skip(f"cfchecks cannot run here ({type(error).__name__}: {error}); it needs "
+                    "the cfchecker and compliance-checker packages and the udunits2 library "
+                    "(.ci/run installs them)")
+    tables = tmp_path_factory.mktemp("cf_tables")
+    for name, text in EMPTY_TABLES.items():
+        (tables / f"{name}.xml").write_text(f'<?xml version="1.0"?>{text}')
+
+    def check(path) -> None:
+        checker = cfchecks.CFChecker(
+            cfStandardNamesXML=str(standard_names), cfAreaTypesXML=str(tables / "area.xml"),
+            cfRegionNamesXML=str(tables / "region.xml"), version=cfchecks.CFVersion(),
+            silent=True)
+        checker.checker(str(path))
+        results = [checker.results["global"], *checker.results["variables"].values()]
+        messages = [message for result in results for category in ("FATAL", "ERROR", "WARN")
+                    for message in result[category]]
+        assert not messages, f"cfchecks of {path}: " + "; ".join(messages)
+        # the version the file declares is the one checked (a version unknown to the checker
+        # is an error above)
+        assert "Checking against CF Version CF-1.8" in checker.results["global"]["VERSION"]
+
+    return check

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -104,7 +107,8 @@ def test_round_trip_keeps_values_dims_and_units(run, tmp_path, dtype):
     loaded = io.read_netcdf(path)
 
     xr.testing.assert_identical(loaded, dataset)
-    assert dict(loaded.sizes) == {"time": 3, "column": 2, "z": LEVELS, "z_interface": LEVELS + 1}
+    assert dict(loaded.sizes) == {"time": 3, "column": 2, "z": LEVELS, "z_interface": LEVELS + 1,
+                                  "bounds": 2}
     assert loaded["theta"].dtype == dtype
     assert loaded["theta"].dims == ("time", "column", "z")
     assert loaded["heat_flux"].dims == ("time", "column", "z_interface")
@@ -117,7 +121,9 @@ def test_round_trip_keeps_values_dims_and_units(run, tmp_path, dtype):
     np.testing.assert_array_equal(loaded["uw"].values[-1, 0], np.asarray(trajectory.flux.u)[0, -1])
     np.testing.assert_array_equal(loaded["rho"].values, np.asarray(grid.rho))
     assert loaded.attrs["case"] == "test" and loaded.attrs["answer"] == 42
-    assert loaded.attrs["hybrid_scm_version"] == io.package_version()
+    assert loaded.attrs["source"] == f"hybrid-scm {io.package_version()}"
+    np.testing.assert_array_equal(loaded["z_bounds"].values[:, 0], grid.z_interface[:-1])
+    np.testing.assert_array_equal(loaded["z_bounds"].values[:, 1], grid.z_interface[1:])
 
 
 def test_every_variable_has_cf_units_and_names(run):
@@ -127,17 +133,37 @@ def test_every_variable_has_cf_units_and_names(run):
         "heat_flux": "K m s-1", "uw": "m2 s-2", "vw": "m2 s-2", "qt_flux": "kg kg-1 m s-1",
         "tke_flux": "m3 s-3", "ustar": "m s-1", "surface_heat_flux": "K m s-1",
         "obukhov_length": "m", "boundary_layer_height": "m", "made_up_number": "1",
-        "failed_at": "s", "failed_height": "m", "time": "s", "z": "m", "z_interface": "m",
-        "rho": "kg m-3", "pressure": "Pa",
+        "failed_at": "s", "failed_height": "m", "time": "seconds since 2000-01-01 00:00:00",
+        "z": "m", "z_interface": "m", "rho": "kg m-3", "pressure": "Pa",
     }
     for name, units in expected_units.items():
         assert dataset[name].attrs["units"] == units, name
     for name, variable in dataset.variables.items():
+        if name == "z_bounds":
+            continue  # CF bounds inherit the attributes of z
         assert "units" in variable.attrs and "long_name" in variable.attrs, name
-    assert dataset["theta"].attrs["standard_name"] == "air_potential_temperature"
+    # θl is no CF standard name (air_potential_temperature would be wrong in cloud)
+    assert "standard_name" not in dataset["theta"].attrs
     assert dataset["u"].attrs["standard_name"] == "eastward_wind"
     assert dataset["z"].attrs["positive"] == "up"
-    assert dataset.attrs["Conventions"].startswith("CF-")
+    assert dataset.attrs["Conventions"] == "CF-1.8"
+    assert dataset["time"].attrs["units"].startswith("seconds since ")
+    assert dataset["time"].attrs["calendar"] == "proleptic_gregorian"
+    assert dataset["z"].attrs["bounds"] == "z_bounds"
+
+
+def test_files_decode_as_cf_with_dates_and_record_the_command(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "command_line", lambda: "scm run gabls1 --hours 1")
+    path = io.write_netcdf(io.trajectory_to_dataset(run[1], run[0]), tmp_path / "run.nc")
+    decoded = xr.open_dataset(path, engine="h5netcdf", decode_times=True)
+    assert np.issubdtype(decoded["time"].dtype, np.datetime64)
+    assert (decoded["time"].values[1] - decoded["time"].values[0]) == np.timedelta64(120, "s")
+    assert decoded.attrs["history"].endswith(": scm run gabls1 --hours 1")
+    decoded.close()
+    with xr.open_dataset(path, engine="h5netcdf", decode_cf=False) as raw:
+        for name in ("time", "z", "z_interface", "column", "rho", "z_bounds"):
+            assert "_FillValue" not in raw[name].attrs, name
+        assert "_FillValue" in raw["theta"].attrs
 
 
 def test_failed_at_is_nan_for_healthy_columns_and_locates_failures(failing_run):
@@ -181,14 +207,16 @@ def test_failed_write_leaves_existing_file_intact(run, tmp_path, monkeypatch):
     path = io.write_netcdf(dataset, tmp_path / "run.nc")
     before = path.read_bytes()
 
-    def crash_midway(self, target, *args, **kwargs):
-        with open(target, "wb") as handle:
-            handle.write(b"half a file")
-        raise OSError("disk full")
+    def disk_full_midway(self, data):
+        with open(self, "wb") as handle:
+            handle.write(bytes(data)[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(xr.Dataset, "to_netcdf", crash_midway)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(Path, "write_bytes", disk_full_midway)
+    with pytest.raises(io.OutputError) as raised:
         io.write_netcdf(dataset.assign_attrs(version="second"), path)
+    assert str(raised.value) == (f"cannot write {path}: No space left on device ({path} is "
+                                 "unchanged)")
 
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.nc"]
@@ -213,3 +241,44 @@ def test_attributes_are_flattened_to_netcdf_types():
     assert attrs["parameter_moist"] == "false" and attrs["parameter_name"] == "x"
     np.testing.assert_array_equal(attrs["ratios"], [1.0, 2.0])
     assert attrs["names"] == "a, b" and attrs["nothing"] == "none"
+
+
+def test_read_netcdf_names_a_missing_or_truncated_file(run, tmp_path):
+    with pytest.raises(io.ConfigurationError, match=f"^{tmp_path}/none.nc does not exist$"):
+        io.read_netcdf(tmp_path / "none.nc")
+    path = io.write_netcdf(io.trajectory_to_dataset(run[1], run[0]), tmp_path / "run.nc")
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(io.ConfigurationError, match="truncated.nc cannot be read as netCDF"):
+        io.read_netcdf(truncated)
+
+
+def test_select_variables_keeps_the_failure_record_and_names_unknown_ones(run):
+    dataset = io.trajectory_to_dataset(run[1], run[0])
+    kept = io.select_variables(dataset, ["theta", "ustar"])
+    assert set(kept.data_vars) == {"theta", "ustar", "failed_at", "failed_height",
+                                   "failed_level", "z_bounds"}
+    assert "rho_interface" not in kept.coords  # nothing on interfaces is left
+    with pytest.raises(io.ConfigurationError, match="unknown output variable.*thetta"):
+        io.select_variables(dataset, ["thetta"])
+
+
+def test_time_average_means_over_whole_intervals_with_bounds(run):
+    dataset = io.trajectory_to_dataset(run[1], run[0])  # saves at 0, 120, 240 s
+    means = io.time_average(dataset, 240.0)
+    np.testing.assert_array_equal(means["time"].values, [120.0])
+    np.testing.assert_array_equal(means["time_bounds"].values, [[0.0, 240.0]])
+    np.testing.assert_allclose(means["theta"].values[0], dataset["theta"].values[1:].mean(0))
+    assert means["theta"].attrs["cell_methods"] == "time: mean"
+    assert means["time"].attrs["bounds"] == "time_bounds"
+    with pytest.raises(io.ConfigurationError, match="whole, nonzero number of output intervals"):
+        io.time_average(dataset, 180.0)
+
+
+def test_ensemble_statistics_over_columns(run):
+    dataset = io.ensemble_statistics(io.trajectory_to_dataset(run[1], run[0]))
+    theta = dataset["theta"].values
+    np.testing.assert_allclose(dataset["theta_ensemble_mean"].values, theta.mean(axis=1))
+    np.testing.assert_allclose(dataset["theta_ensemble_spread"].values, theta.std(axis=1))
+    assert dataset["theta_ensemble_spread"].attrs["units"] == "K"
+    assert "scm_role" not in dataset["theta_ensemble_mean"].attrs

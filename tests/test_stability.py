@@ -148,6 +148,29 @@ def test_an_unstable_linear_model_is_detected(kit):
     assert growing == 1.0
 
 
+def test_metrics_file_passes_cfchecks(tmp_path, cf_check):
+    """The benchmark's metrics.nc, from synthetic runs with every per-run metric."""
+    from experiments.stability import _SCALAR_UNITS, metrics_dataset
+    from scm.io import write_netcdf
+
+    rng = np.random.default_rng(0)
+
+    def run(families):
+        result = {name: rng.random(len(families)) for name in _SCALAR_UNITS}
+        result["failed_at"] = np.array([np.inf] * (len(families) - 1) + [7200.0])
+        result["families"] = families
+        result["daily_theta_error"] = rng.random((len(families), 5))
+        result["daily_wind_error"] = rng.random((len(families), 5))
+        return result
+
+    sets = {"test": ["test"] * 3, "extrapolation": ["warm", "warm", "windy"]}
+    results = {model: {name: [run(f), run(f)] for name, f in sets.items()}
+               for model in ("physics_local", "residual_online+fallback")}
+    path = write_netcdf(metrics_dataset(results, {"title": "rollout-stability metrics"}),
+                        tmp_path / "metrics.nc")
+    cf_check(path)
+
+
 def test_drift_is_flagged_at_the_day_it_crosses_the_threshold():
     """A run whose daily-mean θ error grows by 1 K a day crosses 3 K on day 4 (its end); a
     wind drift by 2 m/s a day crosses 5 m/s on day 3; a run within both never fails."""

@@ -299,8 +299,12 @@ def test_bad_artifacts_are_clear_errors(experiment, tmp_path):
         config["slot"] = "clouds"
         (d / "config.json").write_text(json.dumps(config))
 
-    with pytest.raises(ConfigurationError, match="slot 'clouds' does not exist"):
+    with pytest.raises(ConfigurationError, match="slot = 'clouds' is not one of surface"):
         load_artifact(broken("slot", set_slot))
+    normalization = broken("normalization",
+                           lambda d: (d / "normalization.json").write_text("[]"))
+    with pytest.raises(ConfigurationError, match="normalization.json lacks or misformats"):
+        load_artifact(normalization)
     garbled = broken("garbled", lambda d: (d / "config.json").write_text("{not json"))
     with pytest.raises(ConfigurationError, match="config.json is not valid JSON"):
         load_artifact(garbled)

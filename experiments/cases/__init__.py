@@ -10,8 +10,6 @@ run). Specifications: ``docs/cases.md``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from experiments.cases import (
     bomex,
     diurnal,
@@ -29,11 +27,17 @@ from experiments.cases.base import (
     Case,
     Definition,
     PublishedRange,
-    turbulence_scheme,
 )
-from scm.errors import ConfigurationError, check_choice, check_positive, check_range
-from scm.grid import MIN_LEVELS
-from scm.integration import check_state
+from scm.constants import MIN_LEVELS
+from scm.errors import (
+    ConfigurationError,
+    check_choice,
+    check_integer,
+    check_number,
+    check_positive,
+    check_range,
+    whole_count,
+)
 
 _DEFINITIONS: dict[str, Definition] = {
     module.DEFINITION.name: module.DEFINITION
@@ -41,12 +45,22 @@ _DEFINITIONS: dict[str, Definition] = {
 }
 CASE_NAMES: tuple[str, ...] = tuple(_DEFINITIONS)
 MAX_LEVELS = 4096
+#: Most time steps a run may take (decades of model time at the cases' time steps).
+MAX_STEPS = 10**8
 #: Model time between saved outputs that ``build_case`` aims for (s).
 OUTPUT_INTERVAL = 600.0
 
 ekman_steady_solution = ekman.steady_solution
 ekman_impulsive_solution = ekman.impulsive_solution
 diurnal_profiles = diurnal.diurnal_profiles
+
+
+def output_steps(n_steps: int, dt: float, interval: float = OUTPUT_INTERVAL) -> int:
+    """Steps between saved outputs: the largest divisor of ``n_steps`` whose interval is at
+    most ``interval`` (s; at least one step), so that the saves end exactly at the end of the
+    run (``OUTPUT_INTERVAL`` when it divides the run)."""
+    target = max(1, min(n_steps, round(interval / dt)))
+    return max(d for d in range(1, target + 1) if n_steps % d == 0)
 
 
 def definition(name: str) -> Definition:
@@ -65,22 +79,26 @@ def case_parameters(name: str) -> dict[str, tuple[float, float, float, str, str]
     return dict(definition(name).parameters)
 
 
-def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
-               hours: float | None = None, turbulence: str | None = None,
-               **parameters) -> Case:
-    """Build a case; every option is checked against its documented range first."""
+def check_options(name: str, *, levels: int | None = None, dt: float | None = None,
+                  hours: float | None = None, turbulence: str | None = None,
+                  **parameters) -> dict:
+    """Every option of a case checked against its documented range, without building
+    anything (and without JAX): the options ``build_case`` builds from, with the case's
+    defaults filled in: ``levels``, ``dt``, ``hours``, ``turbulence``, ``n_steps`` and the
+    case parameters' values under ``parameters``."""
     spec = definition(name)
     turbulence = spec.turbulence if turbulence is None else turbulence
     check_choice("turbulence", turbulence, TURBULENCE_NAMES)
-    levels = spec.levels if levels is None else levels
-    if isinstance(levels, bool) or not isinstance(levels, int | np.integer):
-        raise ConfigurationError(f"levels must be an integer (got {levels!r})")
+    levels = check_integer("levels", spec.levels if levels is None else levels)
     check_range("levels", levels, MIN_LEVELS, MAX_LEVELS)
-    dt = spec.dt if dt is None else dt
-    hours = spec.hours if hours is None else hours
+    dt = check_number("dt", spec.dt if dt is None else dt, "s")
+    hours = check_number("hours", spec.hours if hours is None else hours, "h")
     check_positive("dt", dt, "s")
     check_range("dt", dt, 0.0, 3600.0, "s")
     check_positive("hours", hours, "h")
+    n_steps = whole_count(f"hours = {hours:g} h", hours * HOUR, "time steps dt", dt)
+    check_range(f"number of steps (hours / dt = {hours:g} h / {dt:g} s)", n_steps, 1,
+                MAX_STEPS)
     unknown = sorted(set(parameters) - set(spec.parameters))
     if unknown:
         raise ConfigurationError(
@@ -88,21 +106,40 @@ def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
         )
     values = {}
     for key, (default, low, high, units, _) in spec.parameters.items():
-        value = parameters.get(key, default)
-        check_range(key, value, low, high, units)
-        values[key] = float(value)
-    dt, hours = float(dt), float(hours)
-    save_every = max(1, round(OUTPUT_INTERVAL / dt))
-    if hours * 3600.0 < dt * save_every:
-        raise ConfigurationError(
-            f"hours = {hours:g} h is shorter than one output interval ({dt * save_every:g} s)")
-    model, state0, forcing, extra = spec.build(values, int(levels), spec.top, dt, hours,
-                                               turbulence)
+        values[key] = check_number(key, parameters.get(key, default), units)
+        check_range(key, values[key], low, high, units)
+    return {"levels": int(levels), "dt": dt, "hours": hours, "turbulence": turbulence,
+            "n_steps": n_steps, "parameters": values}
+
+
+def build_case(name: str, *, levels: int | None = None, dt: float | None = None,
+               hours: float | None = None, turbulence: str | None = None,
+               **parameters) -> Case:
+    """Build a case; every option is checked against its documented range first
+    (``check_options``)."""
+    from scm.integration import check_state
+
+    spec = definition(name)
+    options = check_options(name, levels=levels, dt=dt, hours=hours, turbulence=turbulence,
+                            **parameters)
+    levels, dt, hours, values = (options[k] for k in ("levels", "dt", "hours", "parameters"))
+    save_every = output_steps(options["n_steps"], dt)
+    model, state0, forcing, extra = spec.build(values, levels, spec.top, dt, hours,
+                                               options["turbulence"])
     check_state(state0)
-    recorded = {"case": name, "levels": int(levels), "top": spec.top, "dt": dt,
-                "hours": hours, "save_every": save_every, "turbulence": turbulence,
-                **values, **extra}
+    recorded = {"case": name, "levels": levels, "top": spec.top, "dt": dt, "hours": hours,
+                "save_every": save_every, "turbulence": options["turbulence"], **values,
+                **extra}
     return Case(name, spec.description, model, state0, forcing, dt, hours, save_every, recorded)
+
+
+def __getattr__(attribute: str):
+    # The builders' helpers load JAX: only on first use (see experiments.cases.base).
+    if attribute == "turbulence_scheme":
+        from experiments.cases.building import turbulence_scheme
+
+        return turbulence_scheme
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 __all__ = [
@@ -110,14 +147,17 @@ __all__ = [
     "DAY",
     "HOUR",
     "MAX_LEVELS",
+    "MAX_STEPS",
     "OUTPUT_INTERVAL",
     "TURBULENCE_NAMES",
     "Case",
     "Definition",
     "PublishedRange",
     "build_case",
+    "check_options",
     "case_parameters",
     "definition",
+    "output_steps",
     "describe_cases",
     "diurnal_profiles",
     "ekman_impulsive_solution",

@@ -1,30 +1,30 @@
-"""What every case module provides, and the helpers the case builders share.
+"""What every case module provides, and the light helpers the case modules share.
 
 A case module defines one ``Definition``: its description, default grid, time step and length,
 its tunable parameters with their documented ranges, the builder, the papers it follows, and
 its published ranges together with the function that measures them from a run's dataset (so
 the tests, the plots and the README table read the same numbers).
+
+This module and the case modules import only numpy at their top: listing the cases and
+checking a run's options against their ranges must not start JAX (the command line answers a
+bad option in a fraction of a second). What builds models is imported inside the builders,
+from ``experiments.cases.building``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
-import scm.model
-import scm.state
-from physics.clouds import AbstractCloudSource, StatisticalCloud
-from physics.surface import AbstractSurfaceLayer, MoninObukhovSurface
-from physics.thermodynamics import saturation_adjustment, virtual_potential_temperature
-from physics.turbulence import ConstantDiffusivity, LocalClosure, TKEClosure
-from scm.constants import VIRTUAL_COEFFICIENT
-from scm.forcing import Forcing, ForcingSeries
-from scm.grid import ColumnGrid
-from scm.state import as_float
+if TYPE_CHECKING:
+    import xarray as xr
+
+    import scm.model
+    import scm.state
+    from scm.forcing import ForcingSeries
 
 TURBULENCE_NAMES: tuple[str, ...] = ("constant", "local", "tke")
 DAY = 86400.0
@@ -118,61 +118,6 @@ def piecewise(heights, values, extend: bool = True):
         return np.where(z > heights[-1], values[-1] + slope * (z - heights[-1]), inside)
 
     return profile
-
-
-def moist_grid(z_interface, surface_pressure: float, thl_profile, qt_profile) -> ColumnGrid:
-    """A grid whose hydrostatic reference state is that of the initial θl, qt profiles: the
-    reference potential temperature is their θv, the liquid included (the anelastic base
-    state of the LES, e.g. MicroHH's ``calc_base_state``). θv needs the pressure for the
-    saturation adjustment and the pressure needs θv; two passes from the dry estimate
-    θl (1 + 0.608 qt) agree to far below the adjustment's own accuracy."""
-    z = 0.5 * (np.asarray(z_interface)[1:] + np.asarray(z_interface)[:-1])
-    thl, qt = np.asarray(thl_profile(z), float), np.asarray(qt_profile(z), float)
-    theta_v = thl * (1.0 + VIRTUAL_COEFFICIENT * qt)
-    for _ in range(2):
-        grid = ColumnGrid.from_interfaces(z_interface, surface_pressure,
-                                          lambda heights, values=theta_v: values)
-        _, liquid = saturation_adjustment(thl, qt, np.asarray(grid.pressure),
-                                          np.asarray(grid.exner))
-        theta_v = np.asarray(virtual_potential_temperature(thl, qt, liquid,
-                                                           np.asarray(grid.exner)))
-    return ColumnGrid.from_interfaces(z_interface, surface_pressure,
-                                      lambda heights, values=theta_v: values)
-
-
-def turbulence_scheme(kind: str, surface: AbstractSurfaceLayer | None, dt: float,
-                      eddy_viscosity: float = 5.0, **options):
-    """The closure named ``kind`` (``TURBULENCE_NAMES``) over ``surface`` for time step dt;
-    ``options`` go to the TKE closure."""
-    if kind == "constant":
-        return ConstantDiffusivity(eddy_viscosity, eddy_viscosity, no_slip=surface is None,
-                                   surface=surface)
-    if surface is None:
-        surface = MoninObukhovSurface(0.1, heat_boundary="flux")
-    if kind == "local":
-        return LocalClosure(surface, time_step=dt)
-    return TKEClosure(surface, time_step=dt, **options)
-
-
-def cloud_source(closure) -> AbstractCloudSource:
-    """Where the microphysics and radiation take the cloud from: the closure itself when it
-    diagnoses one (the TKE closure, with its updraft), else the grid mean's statistical
-    cloud."""
-    return closure if isinstance(closure, AbstractCloudSource) else StatisticalCloud()
-
-
-def initial_state(model: scm.model.Model, u, v, thl, qt=0.0, tke=None) -> scm.state.State:
-    """The initial state on the model's grid, its schemes' tracers at their defaults (TKE at
-    least ``tke`` where given)."""
-    to = lambda a: as_float(np.broadcast_to(a, model.grid.z.shape))  # noqa: E731
-    tracers = model.initial_tracers()
-    if tke is not None and "tke" in tracers:
-        tracers["tke"] = jnp.maximum(to(tke), tracers["tke"])
-    return scm.state.State(to(u), to(v), to(thl), to(qt), tracers)
-
-
-def constant_forcing(grid: ColumnGrid, **values) -> ForcingSeries:
-    return ForcingSeries.constant(Forcing.create(grid.n_levels, **values))
 
 
 def in_window(dataset: xr.Dataset, window: tuple[float, float]) -> np.ndarray:

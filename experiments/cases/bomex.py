@@ -3,26 +3,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
+import numpy as np
+
 from experiments.cases.base import (
     DAY,
     Definition,
     PublishedRange,
-    initial_state,
-    moist_grid,
     piecewise,
-    turbulence_scheme,
     window_max,
     window_mean,
 )
-from physics.large_scale import LargeScaleForcing
-from physics.radiation import PrescribedRadiation
-from physics.surface import PrescribedFluxSurface
-from scm.forcing import Forcing, ForcingSeries
-from scm.state import as_float
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (3.0, 6.0)
 #: The cloud layer in which the mean profiles must stay near their initial values.
@@ -41,6 +36,14 @@ def build(p, levels, top, dt, hours, turbulence):
     −2 K/day below 1500 m, decreasing linearly to 0 at 3000 m; large-scale drying
     −1.2 × 10⁻⁸ s⁻¹ below 300 m, to 0 at 500 m; prescribed surface fluxes w'θl', w'qt' and u*
     (stress along the lowest wind); ps = 1015 hPa; initial TKE 1 − z/3000 m² s⁻²."""
+    import scm.model
+    from experiments.cases.building import initial_state, moist_grid, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.radiation import PrescribedRadiation
+    from physics.surface import PrescribedFluxSurface
+    from scm.forcing import Forcing, ForcingSeries
+    from scm.state import as_float
+
     grid = moist_grid(np.linspace(0.0, top, levels + 1), 1.015e5, THL, QT)
     z = np.asarray(grid.z)
     cooling = piecewise([0.0, 1500.0, 3000.0], [-2.0, -2.0, 0.0], extend=False)(z) / DAY

@@ -5,25 +5,15 @@ the turbulence-learning experiment)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
-import scm.model
-from experiments.cases.base import (
-    DAY,
-    HOUR,
-    Definition,
-    PublishedRange,
-    initial_state,
-    turbulence_scheme,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.surface import MoninObukhovSurface
+from experiments.cases.base import DAY, HOUR, Definition, PublishedRange
 from scm.constants import coriolis_parameter
-from scm.forcing import Forcing, ForcingSeries
-from scm.grid import ColumnGrid
 
+if TYPE_CHECKING:
+    import xarray as xr
 
 def diurnal_profiles(grid_z, p):
     """Reference θ, relaxation rate (s-1) and prescribed cooling (K/s) of the diurnal case.
@@ -47,6 +37,13 @@ def build(p, levels, top, dt, hours, turbulence):
     maximum 15 h local time; t = 0 is midnight), Monin–Obukhov exchange with the first level.
     Geostrophic wind (Ug, 0); f = 2Ω sin(latitude).
     """
+    import scm.model
+    from experiments.cases.building import initial_state, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.surface import MoninObukhovSurface
+    from scm.forcing import Forcing, ForcingSeries
+    from scm.grid import ColumnGrid
+
     grid = ColumnGrid.uniform(top, levels, 1.0e5,
                               lambda z: p["surface_temperature"] + p["lapse_rate"] * 1.0e-3 * z)
     z = np.asarray(grid.z)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
-from experiments.cases.base import (
-    Definition,
-    PublishedRange,
-    constant_forcing,
-    initial_state,
-    piecewise,
-    turbulence_scheme,
-    window_mean,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.surface import MoninObukhovSurface
-from scm.grid import ColumnGrid
+import numpy as np
+
+from experiments.cases.base import Definition, PublishedRange, piecewise, window_mean
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (3.0, 4.0)
 
@@ -25,6 +17,12 @@ WINDOW = (3.0, 4.0)
 def build(p, levels, top, dt, hours, turbulence):
     """Dry CBL (Sullivan & Patton 2011, section 2): θ = 300 K to 974 m, an inversion of the
     given jump over 100 m, then the given lapse rate; fixed surface heat flux, MO momentum."""
+    import scm.model
+    from experiments.cases.building import constant_forcing, initial_state, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.surface import MoninObukhovSurface
+    from scm.grid import ColumnGrid
+
     jump, gamma = p["inversion_jump"], p["lapse_rate"] * 1.0e-3
     theta = piecewise([0.0, 974.0, 1074.0, 1074.0 + 1000.0],
                       [300.0, 300.0, 300.0 + jump, 300.0 + jump + 1000.0 * gamma])

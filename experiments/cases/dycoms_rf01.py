@@ -3,25 +3,15 @@ longwave cooling at cloud top (Stevens et al. 2005, MWR 133)."""
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
-from experiments.cases.base import (
-    Definition,
-    PublishedRange,
-    cloud_source,
-    in_window,
-    initial_state,
-    moist_grid,
-    turbulence_scheme,
-    window_mean,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.radiation import StratocumulusLongwave
-from physics.surface import PrescribedFluxSurface
+import numpy as np
+
+from experiments.cases.base import Definition, PublishedRange, in_window, window_mean
 from scm.constants import DRY_AIR_HEAT_CAPACITY, KAPPA, LATENT_HEAT_VAPORIZATION
-from scm.forcing import Forcing, ForcingSeries
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (2.0, 4.0)
 INVERSION = 840.0
@@ -49,6 +39,18 @@ def build(p, levels, top, dt, hours, turbulence):
     by the radiative cooling, and a surface-driven plume that reaches the inversion with
     1–2 m/s entrains its warm, dry air far too fast (with the updraft on: 1.6 cm/s, the
     cloud thinned to a fraction of 0.46 and 19 g m⁻²)."""
+    import scm.model
+    from experiments.cases.building import (
+        cloud_source,
+        initial_state,
+        moist_grid,
+        turbulence_scheme,
+    )
+    from physics.large_scale import LargeScaleForcing
+    from physics.radiation import StratocumulusLongwave
+    from physics.surface import PrescribedFluxSurface
+    from scm.forcing import Forcing, ForcingSeries
+
     grid = moist_grid(np.linspace(0.0, top, levels + 1), SURFACE_PRESSURE, thl_profile,
                       qt_profile)
     z = np.asarray(grid.z)

@@ -4,27 +4,25 @@ analytic solution (Ekman 1905; the transient e.g. Greenspan 1968, section 2.2)."
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
-import scm.model
-from experiments.cases.base import (
-    Definition,
-    PublishedRange,
-    constant_forcing,
-    initial_state,
-    turbulence_scheme,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.surface import MoninObukhovSurface
+from experiments.cases.base import Definition, PublishedRange
 from scm.errors import check_positive
-from scm.grid import ColumnGrid
 
+if TYPE_CHECKING:
+    import xarray as xr
 
 def build(p, levels, top, dt, hours, turbulence):
     """Constant-K Ekman layer; the analytic solutions are ``steady_solution`` and
     ``impulsive_solution``."""
+    import scm.model
+    from experiments.cases.building import constant_forcing, initial_state, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.surface import MoninObukhovSurface
+    from scm.grid import ColumnGrid
+
     theta = 300.0
     grid = ColumnGrid.uniform(top, levels, 1.0e5, lambda z: np.full_like(z, theta))
     surface = None if turbulence == "constant" else MoninObukhovSurface(

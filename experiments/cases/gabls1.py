@@ -3,23 +3,14 @@ BLM 118; Cuxart et al. 2006, BLM 118)."""
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
-from experiments.cases.base import (
-    HOUR,
-    Definition,
-    PublishedRange,
-    initial_state,
-    piecewise,
-    turbulence_scheme,
-    window_mean,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.surface import MoninObukhovSurface
-from scm.forcing import Forcing, ForcingSeries
-from scm.grid import ColumnGrid
+import numpy as np
+
+from experiments.cases.base import HOUR, Definition, PublishedRange, piecewise, window_mean
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (8.0, 9.0)
 
@@ -28,6 +19,13 @@ def build(p, levels, top, dt, hours, turbulence):
     """GABLS1 (Beare et al. 2006, section 2; Cuxart et al. 2006, section 2): θ = 265 K to
     100 m then +0.01 K/m, u = Ug, surface cooling at a prescribed rate, MO exchange with
     φm = 1 + 4.8 ζ, φh = 1 + 7.8 ζ, initial TKE 0.4 (1 − z/250 m)³."""
+    import scm.model
+    from experiments.cases.building import initial_state, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.surface import MoninObukhovSurface
+    from scm.forcing import Forcing, ForcingSeries
+    from scm.grid import ColumnGrid
+
     theta = piecewise([0.0, 100.0, 400.0], [265.0, 265.0, 268.0])
     grid = ColumnGrid.uniform(top, levels, 1.0e5, theta)
     surface = MoninObukhovSurface(p["roughness_length"], p["roughness_length"], beta_m=4.8,

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
-from experiments.cases.base import (
-    Definition,
-    constant_forcing,
-    initial_state,
-    turbulence_scheme,
-    window_mean,
-)
-from physics.large_scale import LargeScaleForcing
-from physics.surface import MoninObukhovSurface
-from scm.grid import ColumnGrid
+import numpy as np
+
+from experiments.cases.base import Definition, window_mean
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (23.0, 24.0)
 
 
 def build(p, levels, top, dt, hours, turbulence):
     """Ug, f, z0, constant θ, zero heat flux (Andrén et al. 1994, section 2)."""
+    import scm.model
+    from experiments.cases.building import constant_forcing, initial_state, turbulence_scheme
+    from physics.large_scale import LargeScaleForcing
+    from physics.surface import MoninObukhovSurface
+    from scm.grid import ColumnGrid
+
     theta = p["potential_temperature"]
     grid = ColumnGrid.uniform(top, levels, 1.0e5, lambda z: np.full_like(z, theta))
     surface = MoninObukhovSurface(p["roughness_length"], heat_boundary="flux")

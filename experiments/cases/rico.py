@@ -3,29 +3,22 @@ the Rain in Cumulus over the Ocean campaign, Rauber et al. 2007)."""
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
+from typing import TYPE_CHECKING
 
-import scm.model
+import numpy as np
+
 from experiments.cases.base import (
     DAY,
     Definition,
     PublishedRange,
-    cloud_source,
-    initial_state,
-    moist_grid,
     piecewise,
-    turbulence_scheme,
     window_max,
     window_mean,
 )
-from physics.large_scale import LargeScaleForcing
-from physics.microphysics import WarmRain
-from physics.radiation import PrescribedRadiation
-from physics.surface import BulkSurface
 from scm.constants import KAPPA
-from scm.forcing import Forcing, ForcingSeries
-from scm.state import as_float
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 WINDOW = (20.0, 24.0)
 SURFACE_PRESSURE = 1.0154e5
@@ -43,6 +36,20 @@ def build(p, levels, top, dt, hours, turbulence):
     linear to +0.3456 g/kg/day at 2980 m and constant above; bulk surface fluxes from the
     sea-surface temperature (Cm, Ch, Cq at 20 m, moved to the first level with the neutral
     log law, z0 = 1.5 × 10⁻⁴ m); warm rain with Nc = 70 cm⁻³; ps = 1015.4 hPa."""
+    import scm.model
+    from experiments.cases.building import (
+        cloud_source,
+        initial_state,
+        moist_grid,
+        turbulence_scheme,
+    )
+    from physics.large_scale import LargeScaleForcing
+    from physics.microphysics import WarmRain
+    from physics.radiation import PrescribedRadiation
+    from physics.surface import BulkSurface
+    from scm.forcing import Forcing, ForcingSeries
+    from scm.state import as_float
+
     grid = moist_grid(np.linspace(0.0, top, levels + 1), SURFACE_PRESSURE, THL, QT)
     z = np.asarray(grid.z)
     closure = turbulence_scheme(turbulence, BulkSurface(), dt)

@@ -166,6 +166,10 @@ DEFAULT_FEATURES: tuple[str, ...] = ("u_anomaly", "v_anomaly", "thl_anomaly",
 SCALED_FEATURES: tuple[str, ...] = ("u_defect", "v_defect", "thl_anomaly", "richardson",
                                     "bulk_richardson", "rotation_height",
                                     "surface_temperature_excess", "ustar", "stability")
+#: The canonical experiment's features: the scaled set, the surface heat flux and the time of
+#: day (chosen on the validation set, docs/training.md).
+EXPERIMENT_FEATURES: tuple[str, ...] = (*SCALED_FEATURES, "surface_heat_flux",
+                                        "time_of_day_cos", "time_of_day_sin")
 
 
 class FeatureSet(eqx.Module):
@@ -259,6 +263,7 @@ class Normalization(eqx.Module):
 
 __all__ = [
     "DEFAULT_FEATURES",
+    "EXPERIMENT_FEATURES",
     "FeatureInputs",
     "FeatureSet",
     "Normalization",

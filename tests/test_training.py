@@ -12,6 +12,7 @@ import functools
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -103,10 +104,16 @@ def config(**changes) -> TrainingConfig:
 
 
 def test_quick_experiment_writes_summary_table_plots_and_artifacts(experiment):
-    summary = json.loads((experiment / "summary.json").read_text())["models"]
+    record = json.loads((experiment / "summary.json").read_text())
+    summary = record["models"]
+    # the best online model is chosen by its validation score, and the targets are checked
+    assert record["best_online_model"].endswith(("_online", "_finetuned"))
+    assert len(record["targets"]) == 10 and all(isinstance(t["holds"], bool)
+                                                 for t in record["targets"])
     trained = [f"{c}_{m}" for c in QUICK.couplings for m in ("offline", "online")]
+    trained += [f"{c}_finetuned" for c in QUICK.finetune]
     expected = {"baseline", "physics_tke", *trained,
-                *(f"{c}_online+fallback" for c in QUICK.couplings)}
+                *(f"{name}+fallback" for name in trained if "offline" not in name)}
     assert set(summary) == expected
     for model, by_set in summary.items():
         assert set(by_set) == {"test", "extrapolation"}
@@ -521,3 +528,18 @@ def test_train_command_trains_one_model_selected_on_validation(experiment, tmp_p
     assert main(["train", "--quick", "--mode", "sideways", "--truth", str(experiment),
                  "--out", str(out)]) == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_the_documented_bring_your_own_network_example_runs(experiment, tmp_path,
+                                                            monkeypatch):
+    """docs/training.md's 20-line example, as written, on the quick experiment's truth."""
+    text = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    code = text.split("### Bring your own network")[1].split("```python")[1].split("```")[0]
+    assert len(code.strip().splitlines()) <= 22
+    (tmp_path / "truth").mkdir()
+    for name in ("truth_train.nc", "truth_validation.nc"):
+        shutil.copy(experiment / name, tmp_path / "truth" / name)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/training.md", "exec"), {})
+    artifact = load_artifact(tmp_path / "my_mlp")
+    assert artifact.config["network"]["kind"] == "eqx_mlp" and artifact.detector is not None

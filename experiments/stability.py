@@ -49,6 +49,7 @@ import xarray as xr
 from experiments.cases import DAY, HOUR
 from experiments.run import first_day_rmse, run_from_truth
 from experiments.scenarios import stack_pytrees
+from scm.columns import map_columns, to_host
 from scm.errors import ConfigurationError, check_range
 from scm.forcing import ForcingSeries
 from scm.integration import DEFAULT_BOUNDS, ColumnTerm, SemiImplicitEuler
@@ -162,12 +163,12 @@ def jacobian_moduli(model: Model, forcing: ForcingSeries, state: State, t, dt):
 @eqx.filter_jit
 def _column_quantities(models, forcing, states, times, dt, turbulence_slot: str):
     """Budget residuals ``(scenario, sample)`` and Jacobians ``(scenario, sample, n, n)``."""
-    def per_scenario(model, forcing_s, states_s):
+    def per_scenario(model, forcing_s, states_s, times, dt):
         def per_sample(state, t):
             return (heat_budget_residual(model, forcing_s, state, t, dt, turbulence_slot),
                     jacobian_moduli(model, forcing_s, state, t, dt))
         return jax.vmap(per_sample)(states_s, times)
-    return jax.vmap(per_scenario)(models, forcing, states)
+    return map_columns(per_scenario, (0, 0, 0, None, None), models, forcing, states, times, dt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +270,8 @@ def evaluate_candidate(candidate: Candidate, scenarios: ScenarioSet, config: Sta
     picks = np.arange(0, n_hours + 1, every)
     sampled = jax.tree.map(lambda a: jnp.asarray(a[:, picks]), run.state)
     sample_times = jnp.asarray(times[picks], dtype)
-    residual, jacobians = _column_quantities(models, forcings, sampled, sample_times,
-                                             jnp.asarray(dt, dtype), "turbulence")
+    residual, jacobians = to_host(_column_quantities(models, forcings, sampled, sample_times,
+                                                     jnp.asarray(dt, dtype), "turbulence"))
     column_mass = float(np.sum(np.asarray(scenarios.models[0].grid.layer_mass)))
     steps_per_day = round(DAY / dt)
     out["budget_residual"] = np.asarray(residual) * steps_per_day / column_mass

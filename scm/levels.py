@@ -1,63 +1,459 @@
 """Level primitives: the vertical loops of every scheme, written for one column.
 
-Schemes are written for one column and batched with ``jax.vmap``; their loops over levels
-go through the two primitives here, so that the batched kernel behind each loop is chosen in
-one place for every scheme (today the XLA path on every backend):
+Schemes are written for one column and batched with ``jax.vmap``; every loop over levels (or
+over iterations) goes through one of the two primitives here, so that the batched kernel
+behind each loop is chosen in one place for every scheme:
 
 - ``tridiagonal_solve``: the implicit vertical solves (Thomas algorithm);
 - ``recurrence``: any other loop over levels or iterations, upward or downward, with the
-  contract of ``jax.lax.scan`` (the updraft plume, sedimentation, the surface-layer
-  iteration).
+  contract of ``jax.lax.scan`` (the updraft plume, sedimentation, cloud overlap, the
+  surface-layer iteration).
 
-Tridiagonal solve. The sweep is a ``lax.scan`` over levels; several systems (one per
-prognostic variable) travel through the same scan as a tuple, so under ``vmap`` each step of
-the scan works on contiguous ``(columns,)`` vectors. The solve has a custom JVP: its
-derivative with respect to the right-hand side and to the matrix is one more solve,
-ẋ = A⁻¹ (ḃ − Ȧ x), written as ``lax.custom_linear_solve`` so that reverse mode transposes it
-into a solve with Aᵀ (λ = A⁻ᵀ x̄ and Ā = −λ xᵀ on the three diagonals), not autodiff through
-the scan; forward mode (``jax.jvp``, ``jax.jacfwd``) works too.
+**Batching.** Called for one column, a loop is a plain ``lax.scan``. Under ``vmap`` a batching
+rule (``jax.custom_batching.custom_vmap``) receives the whole (columns, levels) problem and
+runs a batched kernel chosen for the backend when the program is lowered
+(``jax.lax.platform_dependent``):
+
+- the XLA kernel (the reference, and the default on the CPU and every other backend): one
+  ``lax.scan`` over levels whose body is the author's step function vmapped over the
+  columns, the columns contiguous (levels-major layout);
+- on NVIDIA GPUs, a Pallas kernel (``_scan_pallas``): one kernel per loop, each program
+  instance owning a block of columns and stepping through the levels in registers, the
+  author's step function unchanged inside it. The tests run it with ``interpret=True`` on
+  the CPU against the XLA kernel (``use_kernel``).
+
+**Derivatives** are by rule, forward and reverse mode, never by differentiating a kernel
+(Pallas kernels have no transpose rule):
+
+- the solve: ẋ = A⁻¹ (ḃ − Ȧ x) is one more solve, written as ``lax.custom_linear_solve`` so
+  that reverse mode transposes it into a solve with Aᵀ (λ = A⁻ᵀ x̄, Ā = −λ xᵀ on the three
+  diagonals);
+- the recurrence: its tangent is the recurrence of the step's JVP along the stored carries
+  (forward mode), and its adjoint the reverse recurrence of the step's VJP (reverse mode: the
+  step's residuals are rebuilt level by level from the stored carries, so its memory is the
+  carries alone). Both are first derivatives; the pair is tied together as a linear map with
+  a custom transpose (``lax.custom_linear_solve`` with an identity operator), so that JAX's
+  own transposition picks the adjoint kernel.
+
+Every kernel runs the same step functions, so the backends differ by round-off only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float
 
 Systems = tuple[Float[Array, " z"], ...]
 
+#: Columns per Pallas program instance (fewer when there are fewer columns).
+PALLAS_BLOCK = 128
 
-def _shift_down(x):
-    """x[k − 1] at level k (zero below the first level)."""
-    return jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
-
-
-def _shift_up(x):
-    """x[k + 1] at level k (zero above the last level)."""
-    return jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
+# A kernel forced for every loop traced from now on (``use_kernel``); None: chosen per backend.
+_forced_kernel: str | None = None
 
 
-def _thomas(lower: Systems, diag: Systems, upper: Systems, rhs: Systems) -> Systems:
-    """Solve ``lower[k] x[k-1] + diag[k] x[k] + upper[k] x[k+1] = rhs[k]`` for each system."""
+@contextlib.contextmanager
+def use_kernel(name: str | None):
+    """Trace every batched loop inside the block with the kernel ``name``: ``"xla"``,
+    ``"pallas"`` or ``"pallas_interpret"`` (the Pallas kernel run by the interpreter, which
+    works on any backend: how the tests check it on the CPU); ``None`` chooses per backend.
+    It acts when a function is traced, so use it around tracing (a fresh ``jit``)."""
+    if name not in (None, "xla", "pallas", "pallas_interpret"):
+        raise ValueError(f"unknown level kernel {name!r}")
+    global _forced_kernel
+    previous, _forced_kernel = _forced_kernel, name
+    try:
+        yield
+    finally:
+        _forced_kernel = previous
 
-    def forward(carry, row):
-        new = []
-        for (c_prev, d_prev), a, b, c, d in zip(carry, *row, strict=True):
-            inverse = 1.0 / (b - a * c_prev)
-            new.append((c * inverse, (d - a * d_prev) * inverse))
-        return tuple(new), tuple(new)
 
-    zeros = tuple((jnp.zeros_like(r[0]), jnp.zeros_like(r[0])) for r in rhs)
-    _, factors = jax.lax.scan(forward, zeros, (lower, diag, upper, rhs))
+# ---------------------------------------------------------------------------------------------
+# recurrence
 
-    def backward(x_next, row):
-        x = tuple(d - c * xn for xn, (c, d) in zip(x_next, row, strict=True))
-        return x, x
 
-    _, x = jax.lax.scan(backward, tuple(z for z, _ in zeros), factors, reverse=True)
-    return x
+def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse: bool = False):
+    """``carry, ys = recurrence(step, init, xs)``: ``step(carry, x) -> (carry, y)`` applied
+    level by level along the leading axis of ``xs`` (bottom to top; top to bottom with
+    ``reverse``), or ``length`` times without inputs; the ``ys`` are stacked. The contract
+    of ``jax.lax.scan``, with first derivatives in forward and reverse mode by rule (module
+    docstring); ``step`` may close over arrays and tracers (they become inputs)."""
+    init = jax.tree.map(jnp.asarray, init)
+    xs = jax.tree.map(jnp.asarray, xs)
+    leaves = jax.tree.leaves(xs)
+    if length is None:
+        if not leaves:
+            raise ValueError("recurrence needs xs or a length")
+        length = leaves[0].shape[0]
+    x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+    fn, consts = _explicit(step, init, x)
+    return _differentiable_scan(fn, int(length), bool(reverse))(consts, init, xs)
+
+
+def _explicit(step, init, x):
+    """``step`` as ``fn(consts, carry, x)`` with everything it closes over as ``consts``.
+
+    Batching rules must see every batched value as an input, and closed-over tracers of
+    any type (integers too) would be invisible to them: the step is traced once and then
+    evaluated from its jaxpr, which is also cheaper than tracing the Python again."""
+    closed, out_shape = jax.make_jaxpr(step, return_shape=True)(init, x)
+    carry_shape = jax.tree.map(lambda a: (a.shape, a.dtype), out_shape[0])
+    if carry_shape != jax.tree.map(lambda a: (a.shape, a.dtype), init):
+        raise TypeError("recurrence: the step must return a carry of the structure, shapes and "
+                        f"dtypes of init; got {carry_shape} for {init}")
+    jaxpr, out_tree = closed.jaxpr, jax.tree.structure(out_shape)
+
+    def fn(consts, carry, x):
+        out = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves((carry, x)))
+        return jax.tree.unflatten(out_tree, out)
+
+    return fn, list(closed.consts)
+
+
+def _differentiable_scan(fn, length: int, reverse: bool):
+    """The scan of ``fn`` with its derivative rule (a ``custom_jvp`` of its arrays)."""
+
+    @jax.custom_jvp
+    def run(consts, init, xs):
+        return _scan(fn, length, reverse, consts, init, xs)
+
+    @run.defjvp
+    def run_jvp(primals, tangents):
+        consts, init, xs = primals
+
+        def with_history(k, c, x):  # the carry entering each level, for the derivatives
+            new, y = fn(k, c, x)
+            return new, (y, c)
+
+        carry, (ys, history) = _scan(with_history, length, reverse, consts, init, xs)
+        args = (consts, init, xs)
+        outs = (carry, ys)
+        diff_in = _differentiable(args)
+        diff_out = _differentiable(outs)
+
+        def tangent_map(dk, dc, dxs):
+            def tangent_step(k, dc, level):
+                c, x, dx = level
+                primal = (k[0], c, x)
+                tangent = _with_zeros(primal, diff_in, (k[1], dc, dx))
+                _, out_dot = jax.jvp(fn, primal, tangent)
+                return _select(out_dot, diff_out)
+
+            return _scan(tangent_step, length, reverse, (consts, dk), dc, (history, xs, dxs))
+
+        def adjoint_map(gcarry, gys):
+            def adjoint_step(k, carry, level):
+                gc, gk = carry
+                c, x, gy = level
+
+                def restricted(dk, dc, dx):  # fn of its differentiable inputs only
+                    full = _merge((k, c, x), diff_in, (dk, dc, dx))
+                    return _select(fn(*full), diff_out)
+
+                _, vjp = jax.vjp(restricted, *_select((k, c, x), diff_in))
+                dk, dc, dx = vjp((gc, gy))
+                return (dc, jax.tree.map(jnp.add, gk, dk)), dx
+
+            gk0 = _zeros_like(_select((consts,), diff_in[:1])[0])
+            (gc0, gk), gxs = _scan(adjoint_step, length, not reverse, consts, (gcarry, gk0),
+                                   (history, xs, gys))
+            return gk, gc0, gxs
+
+        # tangent_map and adjoint_map are transposes of each other. lax.custom_linear_solve
+        # with the identity as its operator applies the first and transposes into the
+        # second; it takes one space for both sides and a right-hand side that is all
+        # tangent, so inputs and outputs travel as one flat vector, [inputs, outputs].
+        d_ins = _select(tangents, diff_in)
+        ins, outs_flat = _Flat(d_ins), _Flat(_select(outs, diff_out))
+        dtype = jnp.result_type(ins.dtype, outs_flat.dtype)
+
+        def forward(_, v):
+            d_outs = tangent_map(*ins.unravel(v[:ins.size]))
+            return jnp.concatenate([jnp.zeros(ins.size, dtype), outs_flat.ravel(d_outs, dtype)])
+
+        def backward(_, v):
+            d_ins = adjoint_map(*outs_flat.unravel(v[ins.size:]))
+            return jnp.concatenate([ins.ravel(d_ins, dtype), jnp.zeros(outs_flat.size, dtype)])
+
+        b = jnp.concatenate([ins.ravel(d_ins, dtype), jnp.zeros(outs_flat.size, dtype)])
+        v = jax.lax.custom_linear_solve(lambda v: v, b, forward, backward)
+        return outs, _with_zeros(outs, diff_out, outs_flat.unravel(v[ins.size:]))
+
+    return run
+
+
+def _differentiable(trees):
+    """Per top-level entry of ``trees``, which of its leaves carry derivatives (the inexact
+    ones; integer and boolean leaves have none)."""
+    return tuple([jnp.issubdtype(jnp.result_type(a), jnp.inexact) for a in jax.tree.leaves(t)]
+                 for t in trees)
+
+
+def _select(trees, mask):
+    """Per top-level entry of ``trees``, the list of its leaves where ``mask`` is true."""
+    return tuple([a for a, m in zip(jax.tree.leaves(t), ms, strict=True) if m]
+                 for t, ms in zip(trees, mask, strict=True))
+
+
+def _fill(trees, mask, selected, other):
+    """``trees`` with the leaves where ``mask`` is true taken from ``selected`` (lists, as
+    ``_select`` gives them) and the others replaced by ``other(leaf)``."""
+    out = []
+    for tree, ms, chosen in zip(trees, mask, selected, strict=True):
+        leaves, treedef = jax.tree.flatten(tree)
+        chosen = iter(chosen)
+        out.append(jax.tree.unflatten(treedef, [next(chosen) if m else other(a)
+                                                for a, m in zip(leaves, ms, strict=True)]))
+    return tuple(out)
+
+
+def _merge(trees, mask, selected):
+    return _fill(trees, mask, selected, lambda a: a)
+
+
+def _with_zeros(trees, mask, selected):
+    """Tangents of ``trees``: ``selected`` where differentiable, float0 zeros elsewhere."""
+    return _fill(trees, mask, selected, lambda a: np.zeros(np.shape(a), jax.dtypes.float0))
+
+
+def _zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+class _Flat:
+    """A pytree of arrays as one flat vector (``ravel``) and back (``unravel``)."""
+
+    def __init__(self, tree):
+        leaves, self.tree = jax.tree.flatten(tree)
+        self.shapes = [jnp.shape(a) for a in leaves]
+        self.dtypes = [jnp.result_type(a) for a in leaves]
+        self.size = sum(int(np.prod(s)) for s in self.shapes)
+        self.dtype = jnp.result_type(*self.dtypes) if leaves else jnp.float32
+
+    def ravel(self, tree, dtype):
+        leaves = [jnp.ravel(a).astype(dtype) for a in jax.tree.leaves(tree)]
+        return jnp.concatenate(leaves) if leaves else jnp.zeros(0, dtype)
+
+    def unravel(self, vector):
+        leaves, start = [], 0
+        for shape, dtype in zip(self.shapes, self.dtypes, strict=True):
+            n = int(np.prod(shape))
+            part = vector[start:start + n]
+            part = part if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.real(part)
+            leaves.append(jnp.reshape(part, shape).astype(dtype))
+            start += n
+        return jax.tree.unflatten(self.tree, leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# the batched scan and its kernels
+
+
+def _scan(fn, length: int, reverse: bool, consts, init, xs, elementwise: bool = False):
+    """``lax.scan(fn(consts, ·, ·), init, xs)`` for one column; under ``vmap``, the batched
+    kernel of the backend on the whole (columns, levels) problem.
+
+    ``elementwise``: every carry and input of a level has the same trailing shape, and the
+    step treats each position of it as its own system (the Thomas sweeps of several
+    systems); the kernels then see scalars per level and the positions as more columns."""
+
+    @jax.custom_batching.custom_vmap
+    def run(consts, init, xs):
+        return jax.lax.scan(functools.partial(fn, consts), init, xs, length=length,
+                            reverse=reverse)
+
+    @run.def_vmap
+    def rule(axis_size, in_batched, consts, init, xs):
+        consts_batched, init_batched, xs_batched = in_batched
+        init = jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)),
+                            init, init_batched)
+        if elementwise:
+            xs = jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(
+                a, (axis_size, *a.shape)), xs, xs_batched)
+            xs_batched = jax.tree.map(lambda _: True, xs)
+            trailing = jax.tree.leaves(init)[0].shape[1:]
+            init = jax.tree.map(lambda a: jnp.reshape(a, (-1,)), init)
+            xs = jax.tree.map(lambda a: jnp.reshape(jnp.moveaxis(a, 1, -1), (-1, length)), xs)
+        kernels = {
+            "xla": functools.partial(_scan_xla, fn, length, reverse, consts_batched,
+                                     xs_batched),
+            "pallas": functools.partial(_scan_pallas, fn, length, reverse, consts_batched,
+                                        xs_batched, interpret=False),
+            "pallas_interpret": functools.partial(_scan_pallas, fn, length, reverse,
+                                                  consts_batched, xs_batched, interpret=True),
+        }
+        if _forced_kernel is not None:
+            carry, ys = kernels[_forced_kernel](consts, init, xs)
+        else:
+            carry, ys = jax.lax.platform_dependent(consts, init, xs, cuda=kernels["pallas"],
+                                                   default=kernels["xla"])
+        if elementwise:
+            carry = jax.tree.map(lambda a: jnp.reshape(a, (axis_size, *trailing)), carry)
+            ys = jax.tree.map(lambda a: jnp.moveaxis(jnp.reshape(
+                a, (axis_size, *trailing, length)), -1, 1), ys)
+        out = (carry, ys)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run(consts, init, xs)
+
+
+def _scan_xla(fn, length, reverse, consts_batched, xs_batched, consts, init, xs):
+    """The XLA kernel: a scan over levels whose body is ``fn`` vmapped over the columns.
+
+    ``init`` has the columns first and ``xs`` (batched leaves) are ``(columns, levels,
+    ...)``; inside, the levels go first and the columns last, so that every number of a
+    level is one contiguous vector over the columns (a step that works on a few numbers at
+    once, such as the Thomas step of several systems, then runs as a few wide kernels)."""
+    axes = jax.tree.map(lambda b: -1 if b else None, (consts_batched, xs_batched))
+    step = jax.vmap(fn, in_axes=(axes[0], -1, axes[1]), out_axes=-1)
+    consts = jax.tree.map(lambda a, b: jnp.moveaxis(a, 0, -1) if b else a, consts,
+                          consts_batched)
+    xs = jax.tree.map(lambda a, b: jnp.moveaxis(jnp.moveaxis(a, 1, 0), 1, -1) if b else a,
+                      xs, xs_batched)
+    carry, ys = jax.lax.scan(functools.partial(step, consts),
+                             jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), init), xs,
+                             length=length, reverse=reverse)
+    return (jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), carry),
+            jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), ys))
+
+
+def _scan_pallas(fn, length, reverse, consts_batched, xs_batched, consts, init, xs, *,
+                 interpret: bool):
+    """The Pallas kernel: one ``pallas_call`` for the whole loop.
+
+    The grid runs over blocks of ``PALLAS_BLOCK`` columns; each program instance loads its
+    columns' inputs, steps through the levels with the carry in registers (``fn`` vmapped
+    over the block) and writes each level's outputs. Every per-column number travels as its
+    own ``(columns,)`` or ``(levels, columns)`` array (trailing axes split off, booleans as
+    int32: what the GPU compilers take), padded to powers of two."""
+    n_columns = jax.tree.leaves(init)[0].shape[0]
+    block = min(PALLAS_BLOCK, _next_power_of_two(n_columns))
+    columns = -(-n_columns // block) * block
+    levels = _next_power_of_two(length)
+
+    def per_column(tree, batched, lead):  # the abstract value of one column (one level)
+        return jax.tree.map(lambda a, b: jax.ShapeDtypeStruct(a.shape[lead:] if b else
+                                                              a.shape[lead - 1:], a.dtype),
+                            tree, batched)
+
+    one = (per_column(consts, consts_batched, 1),
+           jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), init),
+           per_column(xs, xs_batched, 2))
+    y_one = jax.eval_shape(lambda k, c, x: fn(k, c, x)[1], *one)
+    specs = [_Parts(t) for t in (*one, y_one)]
+
+    def columns_of(a, batched, shape):  # -> (n_columns, *shape)
+        return a if batched else jnp.broadcast_to(a, (n_columns, *shape))
+
+    def pad(a):  # columns last, padded
+        a = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, columns - n_columns)])
+        return jnp.pad(a, [(0, levels - length), (0, 0)]) if a.ndim == 2 else a
+
+    const_in = [pad(p) for p in specs[0].split(
+        [columns_of(a, b, s.shape) for a, b, s in zip(jax.tree.leaves(consts),
+                                                      jax.tree.leaves(consts_batched),
+                                                      jax.tree.leaves(one[0]), strict=True)])]
+    init_in = [pad(p) for p in specs[1].split(jax.tree.leaves(init))]
+    xs_in = [pad(p.T) for p in specs[2].split(
+        [columns_of(a, b, (length, *s.shape)) for a, b, s in zip(
+            jax.tree.leaves(xs), jax.tree.leaves(xs_batched), jax.tree.leaves(one[2]),
+            strict=True)], lead=2)]
+    counts = [len(const_in), len(init_in), len(xs_in), len(init_in)]
+
+    def flat_step(k, c, x):
+        carry, y = fn(specs[0].join(k), specs[1].join(c), specs[2].join(x))
+        return (specs[1].split(jax.tree.leaves(carry), lead=0),
+                specs[3].split(jax.tree.leaves(y), lead=0))
+
+    step = jax.vmap(flat_step)
+
+    def kernel(*refs):
+        bounds = np.cumsum([0, *counts])
+        const_refs, init_refs, xs_refs, carry_refs = (
+            refs[bounds[i]:bounds[i + 1]] for i in range(4))
+        ys_refs = refs[bounds[4]:]
+        k = [r[...] for r in const_refs]
+
+        def body(i, carry):
+            level = length - 1 - i if reverse else i
+            carry, y = step(k, carry, [r[level, :] for r in xs_refs])
+            for r, v in zip(ys_refs, y, strict=True):
+                r[level, :] = v
+            return carry
+
+        carry = jax.lax.fori_loop(0, length, body, [r[...] for r in init_refs])
+        for r, v in zip(carry_refs, carry, strict=True):
+            r[...] = v
+
+    column_spec = pl.BlockSpec((block,), lambda j: (j,))
+    level_spec = pl.BlockSpec((levels, block), lambda j: (0, j))
+    out_shape = ([jax.ShapeDtypeStruct((columns,), a.dtype) for a in init_in]
+                 + [jax.ShapeDtypeStruct((levels, columns), t) for t in specs[3].types])
+    outputs = pl.pallas_call(
+        kernel, out_shape=out_shape, grid=(columns // block,),
+        in_specs=[column_spec] * (counts[0] + counts[1]) + [level_spec] * counts[2],
+        out_specs=[column_spec] * counts[3] + [level_spec] * len(specs[3].types),
+        interpret=interpret, name="scm_recurrence",
+        compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=1),
+    )(*const_in, *init_in, *xs_in)
+    carry = specs[1].join([a[:n_columns] for a in outputs[:counts[3]]], lead=(n_columns,))
+    ys = specs[3].join([a[:length, :n_columns].T for a in outputs[counts[3]:]],
+                       lead=(n_columns, length))
+    return carry, ys
+
+
+class _Parts:
+    """A pytree of arrays as a flat list of parts, one per number of one column: what a
+    Pallas kernel moves (``split``), and back (``join``). Booleans travel as int32."""
+
+    def __init__(self, tree):
+        leaves, self.tree = jax.tree.flatten(tree)
+        self.shapes = [tuple(a.shape) for a in leaves]
+        self.dtypes = [jnp.dtype(a.dtype) for a in leaves]
+        self.types = [jnp.dtype(jnp.int32) if d == jnp.bool_ else d
+                      for d, s in zip(self.dtypes, self.shapes, strict=True)
+                      for _ in range(int(np.prod(s)))]
+
+    def split(self, leaves, lead: int = 1):
+        """Leaves with ``lead`` leading axes → one array of those axes per number."""
+        parts = []
+        for a, shape in zip(leaves, self.shapes, strict=True):
+            flat = jnp.reshape(a, (*a.shape[:lead], int(np.prod(shape))))
+            if a.dtype == jnp.bool_:
+                flat = flat.astype(jnp.int32)
+            parts += [flat[..., j] for j in range(flat.shape[-1])]
+        return parts
+
+    def join(self, parts, lead: tuple = ()):
+        """The inverse of ``split`` (``lead``: the leading shape of every part)."""
+        leaves, i = [], 0
+        lead = tuple(lead) or tuple(jnp.shape(parts[0])) if parts else tuple(lead)
+        for shape, dtype in zip(self.shapes, self.dtypes, strict=True):
+            n = int(np.prod(shape))
+            if shape == ():  # one number: no stacking (GPU kernels have no stack)
+                block = parts[i]
+            else:
+                block = jnp.reshape(jnp.stack(parts[i:i + n], axis=-1) if n else
+                                    jnp.zeros((*lead, 0)), (*lead, *shape))
+            leaves.append(block != 0 if dtype == jnp.bool_ else block.astype(dtype))
+            i += n
+        return jax.tree.unflatten(self.tree, leaves)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------
+# tridiagonal solve
 
 
 def tridiagonal_solve(lower, diag, upper, rhs):
@@ -70,12 +466,100 @@ def tridiagonal_solve(lower, diag, upper, rhs):
         return tridiagonal_solve((lower,), (diag,), (upper,), (rhs,))[0]
     lower = tuple(jnp.asarray(a).at[0].set(0.0) for a in lower)
     upper = tuple(jnp.asarray(c).at[-1].set(0.0) for c in upper)
-    return _solve(lower, tuple(diag), upper, tuple(rhs))
+    return _solve(lower, tuple(jnp.asarray(b) for b in diag), upper,
+                  tuple(jnp.asarray(d) for d in rhs))
+
+
+def _shift_down(x):
+    """x[k − 1] at level k (zero below the first level)."""
+    return jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
+
+
+def _shift_up(x):
+    """x[k + 1] at level k (zero above the last level)."""
+    return jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
 
 
 def _matvec(lower, diag, upper, x):
     return tuple(b * xi + a * _shift_down(xi) + c * _shift_up(xi)
                  for a, b, c, xi in zip(lower, diag, upper, x, strict=True))
+
+
+def _thomas(lower: Systems, diag: Systems, upper: Systems, rhs: Systems) -> Systems:
+    """Solve ``lower[k] x[k-1] + diag[k] x[k] + upper[k] x[k+1] = rhs[k]`` for each system.
+
+    The real systems are solved together, stacked on a trailing axis, and so are the complex
+    ones, carried as pairs of real arrays (Pallas kernels take real types only); each stack
+    is one forward and one backward sweep of independent systems."""
+    kinds = [any(jnp.iscomplexobj(v) for v in row)
+             for row in zip(lower, diag, upper, rhs, strict=True)]
+    solved = {}
+    for is_complex in (False, True):
+        chosen = [i for i, kind in enumerate(kinds) if kind == is_complex]
+        if not chosen:
+            continue
+        stacks = [jnp.stack([jnp.asarray(side[i]) for i in chosen], axis=-1)
+                  for side in (lower, diag, upper, rhs)]
+        if is_complex:
+            stacks = [(jnp.real(s), jnp.imag(s)) for s in stacks]
+        else:
+            stacks = [(s, None) for s in stacks]
+        re, im = _sweeps(*stacks)
+        x = re if im is None else jax.lax.complex(re, im)
+        solved.update({i: x[..., j] for j, i in enumerate(chosen)})
+    return tuple(solved[i] for i in range(len(kinds)))
+
+
+def _sweeps(lower, diag, upper, rhs):
+    """The Thomas sweeps of independent systems, each coefficient a pair (real part,
+    imaginary part or None) of arrays ``(levels, ...)``."""
+
+    def forward(_, carry, level):
+        c_prev, d_prev = carry
+        a, b, c, d = level
+        inverse = _reciprocal(_sub(b, _mul(a, c_prev)))
+        new = (_mul(c, inverse), _mul(_sub(d, _mul(a, d_prev)), inverse))
+        return new, new
+
+    zero = jnp.zeros_like(rhs[0][0])
+    pair = (zero, None if rhs[1] is None else zero)
+    n = rhs[0].shape[0]
+    _, factors = _scan(forward, n, False, (), (pair, pair), (lower, diag, upper, rhs),
+                       elementwise=True)
+
+    def backward(_, x_next, level):
+        c, d = level
+        x = _sub(d, _mul(c, x_next))
+        return x, x
+
+    _, x = _scan(backward, n, True, (), pair, factors, elementwise=True)
+    return x
+
+
+def _mul(p, q):
+    (a, b), (c, d) = p, q
+    if b is None and d is None:
+        return a * c, None
+    if b is None:
+        return a * c, a * d
+    if d is None:
+        return a * c, b * c
+    return a * c - b * d, a * d + b * c
+
+
+def _sub(p, q):
+    (a, b), (c, d) = p, q
+    if b is None and d is None:
+        return a - c, None
+    return a - c, (b if b is not None else 0.0) - (d if d is not None else 0.0)
+
+
+def _reciprocal(p):
+    a, b = p
+    if b is None:
+        return 1.0 / a, None
+    scale = 1.0 / (a * a + b * b)
+    return a * scale, -b * scale
 
 
 @jax.custom_jvp
@@ -104,11 +588,3 @@ def _solve_jvp(primals, tangents):
     x_dot = jax.lax.custom_linear_solve(lambda v: _matvec(lower, diag, upper, v), rhs_dot,
                                         solve, transpose_solve)
     return x, x_dot
-
-
-def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse: bool = False):
-    """``carry, ys = recurrence(step, init, xs)``: ``step(carry, x) -> (carry, y)`` applied
-    level by level along the leading axis of ``xs`` (bottom to top; top to bottom with
-    ``reverse``), or ``length`` times without inputs; the ``ys`` are stacked. The contract
-    of ``jax.lax.scan``, and its derivatives (forward and reverse mode)."""
-    return jax.lax.scan(step, init, xs, length=length, reverse=reverse)

@@ -29,7 +29,6 @@ training loss go through it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -44,15 +43,15 @@ COLUMNS = "columns"
 
 def use_host_devices(count: int | None = None) -> int | None:
     """Ask JAX for ``count`` CPU devices (default: one per core available to this process),
-    unless the backends have started already or the number was set from outside
-    (``JAX_NUM_CPU_DEVICES``, ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``).
-    Returns the number set, or None if it was left alone."""
+    unless the backends have started already or the number was chosen otherwise
+    (``jax_num_cpu_devices`` / ``JAX_NUM_CPU_DEVICES``, or
+    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``). Returns the number set, or
+    None if it was left alone."""
     from jax._src import xla_bridge  # the only way to ask whether the backends started
 
-    chosen_outside = (os.environ.get("JAX_NUM_CPU_DEVICES") is not None
-                      or re.search(r"xla_force_host_platform_device_count",
-                                   os.environ.get("XLA_FLAGS", "")) is not None)
-    if chosen_outside or xla_bridge.backends_are_initialized():
+    chosen = (jax.config.jax_num_cpu_devices >= 0
+              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    if chosen or xla_bridge.backends_are_initialized():
         return None
     if count is None:
         count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (

@@ -182,6 +182,7 @@ def main(argv=None) -> dict:
     name = Path(args.script).stem
     slug = device.lower().replace(" ", "-")
     stem = args.output / f"{name}_{slug}_vs_{args.base}{'_' + args.tag if args.tag else ''}"
+    args.output.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

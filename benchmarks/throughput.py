@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.cases import build_case
+from physics.thermodynamics import diagnose
 from scm.columns import map_columns
 from scm.integration import (
     DEFAULT_BOUNDS,
@@ -236,7 +237,7 @@ def measure_profile(case, n_columns: int, repeats: int, loops: int = 50) -> list
 
 def _updraft(closure, state, forcing, grid):
     fluxes = closure.surface.fluxes(state, forcing, grid)
-    return closure.updraft(state, grid, fluxes, fluxes.heat_flux)
+    return closure.updraft(state, grid, diagnose(state, grid), fluxes)
 
 
 # ---------------------------------------------------------------------------------------------

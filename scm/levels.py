@@ -12,15 +12,17 @@ behind each loop is chosen in one place for every scheme:
 **Batching.** Called for one column, a loop is a plain ``lax.scan``. Under ``vmap`` a batching
 rule (``jax.custom_batching.custom_vmap``) receives the whole (columns, levels) problem and
 runs a batched kernel chosen for the backend when the program is lowered
-(``jax.lax.platform_dependent``):
+(``jax.lax.platform_dependent``, staged out where the process has an NVIDIA GPU):
 
-- the XLA kernel (the reference, and the default on the CPU and every other backend): one
+- the XLA kernel (the reference, and the kernel on the CPU and every other backend): one
   ``lax.scan`` over levels whose body is the author's step function vmapped over the
-  columns, the columns contiguous (levels-major layout);
-- on NVIDIA GPUs, a Pallas kernel (``_scan_pallas``): one kernel per loop, each program
-  instance owning a block of columns and stepping through the levels in registers, the
-  author's step function unchanged inside it. The tests run it with ``interpret=True`` on
-  the CPU against the XLA kernel (``use_kernel``).
+  columns, the columns last, so that every number of a level is one contiguous vector; the
+  solve's systems are stacked on one more axis and both sweeps run on whole stacks;
+- on NVIDIA GPUs, a Pallas kernel (Triton; ``_scan_pallas``): one kernel per loop (per sweep
+  for the solve), each program instance owning a block of columns and stepping through the
+  levels with the carry in registers, the author's step function unchanged inside it. The
+  tests run it with ``interpret=True`` on the CPU against the XLA kernel (``use_kernel``)
+  and lower it for CUDA, which the Triton lowering allows without a GPU.
 
 **Derivatives** are by rule, forward and reverse mode, never by differentiating a kernel
 (Pallas kernels have no transpose rule):
@@ -33,9 +35,11 @@ runs a batched kernel chosen for the backend when the program is lowered
   step's residuals are rebuilt level by level from the stored carries, so its memory is the
   carries alone). Both are first derivatives; the pair is tied together as a linear map with
   a custom transpose (``lax.custom_linear_solve`` with an identity operator), so that JAX's
-  own transposition picks the adjoint kernel.
+  own transposition picks the adjoint kernel. Inputs that nothing differentiates (a
+  bisection's bracket, under ``stop_gradient``) get no tangent or adjoint loop at all.
 
-Every kernel runs the same step functions, so the backends differ by round-off only.
+Every kernel runs the same step functions, so the backends differ by round-off only (the
+XLA kernels give the results of a plain ``lax.scan`` under ``vmap`` bit for bit, measured).
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ Measures the GABLS1 case (``experiments.cases.build_case("gabls1")``: TKE closur
 Monin-Obukhov surface layer, large-scale forcing) at 64 levels in float32 on whatever device
 JAX picks:
 
-- **rollout**: ``rollout`` vmapped over N columns for ``n`` steps, saving only the end state
-  (``save_every = n``); the first call (trace + compile + run) and the steady state (best and
-  median of repeated calls, ``block_until_ready``), as column-steps per second;
+- **rollout**: ``rollout`` over N columns for ``n`` steps, saving only the end state
+  (``save_every = n``), the columns split over every device by the column runner
+  (``scm.columns.map_columns``; ``--devices`` for fewer); the first call (trace + compile +
+  run) and the steady state (best and median of repeated calls, ``block_until_ready``), as
+  column-steps per second;
 - **gradient**: a 1000-step rollout loss (mean squared change of the final θ) forward, and its
   gradient with respect to the initial states and every parameter of the model (as in online
   training), at 64 and 1024 columns;
@@ -36,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.cases import build_case
+from physics.thermodynamics import diagnose
+from scm.columns import map_columns
 from scm.integration import (
     DEFAULT_BOUNDS,
     ColumnTerm,
@@ -59,20 +63,21 @@ def column_states(state0, n_columns: int, seed: int = 0):
     return eqx.tree_at(lambda s: s.thl, states, states.thl + jnp.asarray(noise, states.thl.dtype))
 
 
-def end_state_rollout(model, states, forcing, dt, n_steps: int):
-    """All columns through ``n_steps`` steps; returns the end state and the failure times."""
+def end_state_rollout(model, states, forcing, dt, n_steps: int, devices=None):
+    """All columns through ``n_steps`` steps, split over ``devices`` (default: all); returns
+    the end state and the failure times."""
 
-    def one(state):
+    def one(model, state, forcing, dt):
         run = rollout(model, state, forcing, 0.0, dt, n_steps, n_steps)
         return jax.tree.map(lambda a: a[-1], run.state), run.failed_at
 
-    return jax.vmap(one)(states)
+    return map_columns(one, (None, 0, None, None), model, states, forcing, dt, devices=devices)
 
 
-def rollout_loss(model_and_states, forcing, dt, n_steps: int):
+def rollout_loss(model_and_states, forcing, dt, n_steps: int, devices=None):
     """Mean squared change of the final θ over all columns and levels."""
     model, states = model_and_states
-    final, _ = end_state_rollout(model, states, forcing, dt, n_steps)
+    final, _ = end_state_rollout(model, states, forcing, dt, n_steps, devices)
     return jnp.mean((final.thl - states.thl) ** 2)
 
 
@@ -113,12 +118,12 @@ def steps_for(n_columns: int, column_steps: float, lowest: int = 20, highest: in
     return int(np.clip(round(column_steps / n_columns / 10) * 10, lowest, highest))
 
 
-def measure_rollout(case, n_columns: int, n_steps: int, repeats: int) -> dict:
+def measure_rollout(case, n_columns: int, n_steps: int, repeats: int, devices=None) -> dict:
     fn = eqx.filter_jit(end_state_rollout)
     states = column_states(case.state0, n_columns)
     dt = jnp.asarray(case.dt, case.state0.thl.dtype)
     t, (final, failed_at) = timed(
-        fn, case.model, states, case.forcing, dt, n_steps, repeats=repeats
+        fn, case.model, states, case.forcing, dt, n_steps, devices, repeats=repeats
     )
     best, median = min(t["run_s"]), statistics.median(t["run_s"])
     return {
@@ -136,12 +141,12 @@ def measure_rollout(case, n_columns: int, n_steps: int, repeats: int) -> dict:
     }
 
 
-def measure_gradient(case, n_columns: int, n_steps: int, repeats: int) -> dict:
+def measure_gradient(case, n_columns: int, n_steps: int, repeats: int, devices=None) -> dict:
     states = column_states(case.state0, n_columns)
     dt = jnp.asarray(case.dt, case.state0.thl.dtype)
     forward = eqx.filter_jit(rollout_loss)
     gradient = eqx.filter_jit(eqx.filter_value_and_grad(rollout_loss))
-    args = ((case.model, states), case.forcing, dt, n_steps)
+    args = ((case.model, states), case.forcing, dt, n_steps, devices)
     f, loss = timed(forward, *args, repeats=repeats)
     g, (loss_g, grads) = timed(gradient, *args, repeats=repeats)
     leaves = [np.asarray(x) for x in jax.tree.leaves(grads)]
@@ -220,7 +225,7 @@ def measure_profile(case, n_columns: int, repeats: int, loops: int = 50) -> list
         t, _ = timed(looped(part), model, states, tendency, repeats=repeats)
         rows.append({"part": name, "ms_per_step": 1e3 * min(t["run_s"]) / loops})
     steps = 200
-    run = measure_rollout(case, n_columns, steps, repeats)
+    run = measure_rollout(case, n_columns, steps, repeats, devices=jax.devices()[:1])
     rows.append(
         {
             "part": f"rollout ({steps} steps: checkpointed scan, bounds check)",
@@ -232,7 +237,7 @@ def measure_profile(case, n_columns: int, repeats: int, loops: int = 50) -> list
 
 def _updraft(closure, state, forcing, grid):
     fluxes = closure.surface.fluxes(state, forcing, grid)
-    return closure.updraft(state, grid, fluxes, fluxes.heat_flux)
+    return closure.updraft(state, grid, diagnose(state, grid), fluxes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +303,8 @@ def markdown(result: dict) -> str:
         f"{env['device_kind']}",
         "",
         f"{env['date']}; JAX {env['jax']}, {env['platform']} ({env['device_kind']}, "
-        f"{env['device_count']} device(s)); {env['cpu_count']} CPUs ({env['processor']}); "
+        f"{env['device_count']} device(s), {env.get('devices_used', 1)} used); "
+        f"{env['cpu_count']} CPUs ({env['processor']}); "
         f"load average at start {_load(env)}; commit {env['commit']}. Case: "
         f"{case['turbulence']} turbulence, dt = {case['dt']:g} s.",
         "",
@@ -396,6 +402,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-columns", type=int, default=1024)
     parser.add_argument("--float64", action="store_true", help="run in float64 instead")
     parser.add_argument(
+        "--devices", type=int, default=None, help="devices to split the columns over (default: all)"
+    )
+    parser.add_argument(
         "--output", type=Path, default=RESULTS, help="folder of the JSON and markdown results"
     )
     parser.add_argument("--tag", default="", help="suffix of the result file names")
@@ -408,6 +417,8 @@ def main(argv=None) -> dict:
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     env = environment()
+    devices = jax.devices()[: args.devices] if args.devices else None
+    env["devices_used"] = len(devices or jax.devices())
     print(
         f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, "
         f"{env['cpu_count']} CPUs, load {_load(env)}",
@@ -442,7 +453,7 @@ def main(argv=None) -> dict:
 
     for n in args.columns:
         steps = args.steps or steps_for(n, args.column_steps)
-        r = measure_rollout(case, n, steps, args.repeats)
+        r = measure_rollout(case, n, steps, args.repeats, devices)
         result["rollout"].append(r)
         save()
         elapsed = time.perf_counter() - start
@@ -453,7 +464,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
     for n in args.gradient_columns:
-        r = measure_gradient(case, n, args.gradient_steps, args.gradient_repeats)
+        r = measure_gradient(case, n, args.gradient_steps, args.gradient_repeats, devices)
         result["gradient"].append(r)
         save()
         elapsed = time.perf_counter() - start

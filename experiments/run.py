@@ -1,6 +1,7 @@
 """Run many columns at once, compiled once, with a progress bar.
 
-``run_ensemble`` integrates columns under ``jax.vmap``, each with its own initial state and
+``run_ensemble`` integrates columns at once (``jax.vmap`` of the per-column rollout, the columns
+split over every device by ``scm.columns.map_columns``), each with its own initial state and
 either one shared model and forcing or one per column (scenarios, stacked along a leading
 axis by ``experiments.scenarios.stack_pytrees``). ``run_case`` uses it for ``n_columns``
 copies of one case: column 0 is always the unperturbed control (so a one-column run is the
@@ -31,6 +32,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from experiments.cases import CASE_NAMES, HOUR, MAX_STEPS, definition
+from scm.columns import map_columns, to_host
 from scm.compilation import filter_jit
 from scm.errors import ConfigurationError, check_positive, check_range, whole_count
 from scm.forcing import ForcingSeries
@@ -166,7 +168,8 @@ def _perturbed_states(state0: State, z, key, n_columns: int, perturbation: Pertu
 @filter_jit
 def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, failed_level,
              t0, dt, n_steps: int, save_every: int, model_axis: int | None,
-             forcing_axis: int | None, output: Callable | None, bounds: tuple):
+             forcing_axis: int | None, output: Callable | None, bounds: tuple,
+             devices: tuple | None):
     """One segment of every column; returns its trajectory, the last states and the failure
     records so far (time and level of each column's first failure in any segment).
 
@@ -174,11 +177,12 @@ def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, f
     column, ``None``: shared). A column that failed in an earlier segment stays held at its
     last valid state, exactly as in one long rollout. ``output`` (if any) maps every saved
     ``(model, state, flux, diagnostics)`` of one column to what is kept; the last states stay
-    untransformed, since the next segment starts from them. A single column skips ``vmap``
+    untransformed, since the next segment starts from them. The columns are split over
+    ``devices`` (``scm.columns.map_columns``; None: all). A single column skips ``vmap``
     (same result; it compiles faster).
     """
 
-    def one_column(model, forcing, state, column_failed_at, column_failed_level):
+    def one_column(model, forcing, state, column_failed_at, column_failed_level, t0, dt):
         piece = rollout(model, state, forcing, t0, dt, n_steps, save_every,
                         bounds={name: (low, high) for name, low, high in bounds},
                         failed_at=column_failed_at, failed_level=column_failed_level)
@@ -194,14 +198,11 @@ def _segment(models: Model, forcings: ForcingSeries, states: State, failed_at, f
         first = lambda tree, axis: tree if axis is None else jax.tree.map(  # noqa: E731
             lambda a: a[0] if eqx.is_array(a) else a, tree)
         result = one_column(first(models, model_axis), first(forcings, forcing_axis),
-                            *first(columns, 0))
+                            *first(columns, 0), t0, dt)
         piece, last = jax.tree.map(lambda a: a[None], result)
     else:
-        # Models may hold non-array leaves (a network's activation functions): those are
-        # not mapped.
-        mapped = None if model_axis is None else eqx.if_array(model_axis)
-        piece, last = eqx.filter_vmap(one_column, in_axes=(mapped, forcing_axis, 0, 0, 0))(
-            models, forcings, *columns)
+        piece, last = map_columns(one_column, (model_axis, forcing_axis, 0, 0, 0, None, None),
+                                  models, forcings, *columns, t0, dt, devices=devices)
     return piece, last, piece.failed_at, piece.failed_level
 
 
@@ -244,6 +245,7 @@ def run_ensemble(
     output: Callable | None = None,
     segments: int = SEGMENTS,
     bounds: tuple[tuple[str, float, float], ...] | None = None,
+    devices: tuple | None = None,
 ) -> Trajectory:
     """Integrate many columns at once from ``t0`` (s) for ``n_steps`` steps of ``dt`` (s),
     saving at ``t0`` and every ``save_every`` steps (``n_steps`` a multiple of it).
@@ -263,6 +265,9 @@ def run_ensemble(
 
     ``bounds``: the physical bounds as ``(field, low, high)`` triples (default
     ``scm.integration.DEFAULT_BOUNDS``); leaving them counts as failure.
+
+    The columns are split evenly over ``devices`` (default: every device of every process;
+    ``scm.columns``); the result does not depend on how many there are.
 
     Returns a ``Trajectory`` with a leading column axis; a failure later than the end (in the
     padding of the last segment) is not reported.
@@ -300,10 +305,11 @@ def run_ensemble(
             start = jnp.asarray(t0 + index * segment_steps * dt, dtype)
             piece, current, failed_at, failed_level = _segment(
                 models, forcings, current, failed_at, failed_level, start, step,
-                segment_steps, plan.save_every, model_axis, forcing_axis, output, bounds)
+                segment_steps, plan.save_every, model_axis, forcing_axis, output, bounds,
+                None if devices is None else tuple(devices))
             # to the host as it goes (this also waits, so the bar follows the computation);
             # a later segment's first save repeats the previous segment's last
-            series = jax.device_get((piece.time, piece.state, piece.flux, piece.diagnostics))
+            series = to_host((piece.time, piece.state, piece.flux, piece.diagnostics))
             pieces.append(series if index == 0 else jax.tree.map(lambda a: a[:, 1:], series))
             done = min(segment_steps, plan.n_steps - index * segment_steps)
             if index == 0:
@@ -314,7 +320,7 @@ def run_ensemble(
     keep = plan.n_saves + 1
     time_series = jax.tree.map(
         lambda *parts: jnp.asarray(np.concatenate(parts, axis=1)[:, :keep]), *pieces)
-    failed_at, failed_level = np.asarray(failed_at), np.asarray(failed_level)
+    failed_at, failed_level = to_host((failed_at, failed_level))
     # failure times are whole steps: half a step past the end is beyond it
     beyond_end = failed_at > t0 + (plan.n_steps + 0.5) * dt
     return Trajectory(

@@ -84,6 +84,7 @@ from experiments.truth import (
 )
 from nn.artifact import install_artifact, load_artifact
 from nn.ood import InputDistance
+from scm.columns import map_columns, to_host
 from scm.constants import DRY_AIR_HEAT_CAPACITY
 from scm.errors import ConfigurationError, check_choice, check_range
 from scm.forcing import ForcingSeries
@@ -323,14 +324,14 @@ def jacobian_moduli(model: Model, forcing: ForcingSeries, state: State, t, dt):
 @eqx.filter_jit
 def _column_quantities(models, forcing, states, times, dt, slot: str):
     """Budgets ``(scenario, sample)`` and Jacobians ``(scenario, sample, n, n)``."""
-    def per_scenario(model, forcing_s, states_s):
+    def per_scenario(model, forcing_s, states_s, times, dt):
         def per_sample(state, t):
             return (heat_budget_residual(model, forcing_s, state, t, dt, slot),
                     momentum_budget_residual(model, forcing_s, state, t, dt, slot),
                     kinetic_energy_source(model, forcing_s, state, t, dt, slot),
                     jacobian_moduli(model, forcing_s, state, t, dt))
         return jax.vmap(per_sample)(states_s, times)
-    return eqx.filter_vmap(per_scenario)(models, forcing, states)
+    return map_columns(per_scenario, (0, 0, 0, None, None), models, forcing, states, times, dt)
 
 
 @eqx.filter_jit
@@ -345,7 +346,7 @@ def _physics_weights(detector: InputDistance, models, forcing, states, times, sl
             distance = located.distance(state, forcing_s.at(t), model.grid)
             return located.physics_weight(distance)
         return jax.vmap(per_save)(states_s, times)
-    return eqx.filter_vmap(per_scenario)(models, forcing, states)
+    return map_columns(per_scenario, (0, 0, 0), models, forcing, states)
 
 
 def _surface_of(model: Model, slot: str):
@@ -555,7 +556,7 @@ def flagged_fraction(detector: InputDistance | None, models: Model, forcings: Fo
     if detector is None:
         return np.full(states.u.shape[0], np.nan)
     weights = _physics_weights(detector, models, forcings, states, jnp.asarray(times), slot)
-    return (np.asarray(weights)[:, 1:] > FLAGGED_WEIGHT).mean(axis=1)
+    return (to_host(weights)[:, 1:] > FLAGGED_WEIGHT).mean(axis=1)
 
 
 def evaluate_candidate(candidate: Candidate, scenarios: ScenarioSet, config: StabilityConfig,
@@ -608,9 +609,9 @@ def _step_quantities(candidate, models, forcings, states, times, dt, n_saves, co
     picks = np.arange(0, n_saves + 1, every)
     sampled = jax.tree.map(lambda a: jnp.asarray(a[:, picks]), states)
     dtype = states.u.dtype
-    heat, momentum, energy, jacobians = _column_quantities(
+    heat, momentum, energy, jacobians = to_host(_column_quantities(
         models, forcings, sampled, jnp.asarray(times[picks], dtype), jnp.asarray(dt, dtype),
-        candidate.slot)
+        candidate.slot))
     per_day = round(DAY / dt) / mass.sum(axis=1)[:, None]
     moduli = np.abs(np.linalg.eigvals(np.asarray(jacobians, float)))
     largest, growing = spectrum_summary(moduli, config.growth_tolerance)

@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 
 from nn.parameterization import trainable_filter
 from physics.surface import AbstractSurfaceLayer
+from scm.columns import map_columns, replicate
 from scm.compilation import filter_jit
 from scm.errors import ConfigurationError, check_choice, check_range
 from scm.forcing import ForcingSeries
@@ -222,9 +223,8 @@ def draw(key, data: TrainingData, batch_size: int, horizon: int):
 def online_loss(params, static, data: TrainingData, scenario, start, n_steps: int,
                 scales: dict, bounds=DEFAULT_BOUNDS):
     """(L_on over the columns that stayed valid, number of masked columns)."""
-    model = eqx.combine(params, static)
 
-    def one(s, i):
+    def one(s, i, model, data, scales):
         def target_at(k):
             return jax.tree.map(lambda a: a[s, i + k + 1], data.states)
 
@@ -233,7 +233,8 @@ def online_loss(params, static, data: TrainingData, scenario, start, n_steps: in
                              _take(data.forcing, s), target_at, n_steps, data.times[i],
                              data.dt, scales, bounds)
 
-    errors, failed_at = jax.vmap(one)(scenario, start)
+    errors, failed_at = map_columns(one, (0, 0, None, None, None), scenario, start,
+                                    eqx.combine(params, static), data, scales)
     valid = ~jnp.isfinite(failed_at) & jnp.isfinite(errors)
     count = jnp.sum(valid)
     loss = jnp.sum(jnp.where(valid, errors, 0.0)) / jnp.maximum(count, 1)
@@ -243,16 +244,16 @@ def online_loss(params, static, data: TrainingData, scenario, start, n_steps: in
 def offline_loss(params, static, data: TrainingData, scenario, index, slot: str,
                  scales: dict):
     """(L_off of the slot's total flux against the truth's sub-grid flux, 0 masked)."""
-    model = eqx.combine(params, static)
 
-    def one(s, i):
+    def one(s, i, model, data, scales):
         grid, state = _take(data.grid, s), _take(_take(data.states, s), i)
         forcing = _take(data.forcing, s).at(data.times[i])
         tendency = getattr(scenario_model(model, data, s), slot)(state, forcing, grid)
         predicted = tendency.total_flux(state, grid)
         return normalized_error(predicted, _take(_take(data.fluxes, s), i), scales)
 
-    errors = jax.vmap(one)(scenario, index)
+    errors = map_columns(one, (0, 0, None, None, None), scenario, index,
+                         eqx.combine(params, static), data, scales)
     return jnp.mean(errors), jnp.zeros((), jnp.int32)
 
 
@@ -472,6 +473,8 @@ def train(model: Model, data: TrainingData, config: TrainingConfig, *,
         restored = load_checkpoint(directory, params, opt_state, config)
         if restored is not None:
             params, opt_state, history, best = restored
+    # what every column reads (data, weights), placed on every device once (scm.columns)
+    data, params, static, opt_state = replicate((data, params, static, opt_state))
     scales = config.scales(data)
     bounds = {name: (low, high) for name, low, high in config.bounds}
     config_static = (config.mode, config.batch_size, config.slot)

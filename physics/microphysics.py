@@ -78,6 +78,7 @@ from scm.constants import (
     WATER_VAPOR_GAS_CONSTANT,
 )
 from scm.errors import check_positive, check_range
+from scm.fastmath import fourth_root, inverse_fourth_root
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.levels import recurrence
@@ -128,7 +129,7 @@ def variability_enhancement(exponent: float, shape):
 
 def _unbounded_diameter_slope(rain, rho):
     safe = jnp.where(rain > MIN_RAIN, rain, 1.0)
-    return (math.pi * LIQUID_WATER_DENSITY * DIAMETER_INTERCEPT / (rho * safe)) ** 0.25
+    return fourth_root(math.pi * LIQUID_WATER_DENSITY * DIAMETER_INTERCEPT / (rho * safe))
 
 
 def diameter_slope(rain, rho):
@@ -164,7 +165,7 @@ def evaporation_rate(rain, temperature, saturation_ratio, rho):
                   / (3.0 * DRAG_COEFFICIENT))
     ventilation = VENTILATION_A + VENTILATION_B * (
         (AIR_VISCOSITY / VAPOR_DIFFUSIVITY) ** (1.0 / 3.0)
-        * (REFERENCE_RADIUS * slope) ** -0.25
+        * inverse_fourth_root(REFERENCE_RADIUS * slope)
         * jnp.sqrt(2.0 * v0 / (AIR_VISCOSITY * slope)) * math.gamma(11.0 / 4.0))
     deficit = jnp.maximum(1.0 - saturation_ratio, 0.0)
     rate = 4.0 * math.pi * intercept / rho * deficit * g / slope**2 * ventilation

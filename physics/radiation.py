@@ -14,6 +14,7 @@ from jaxtyping import Array, Float
 from physics.clouds import AbstractCloudSource
 from scm.constants import DRY_AIR_HEAT_CAPACITY
 from scm.errors import check_range
+from scm.fastmath import cube_root
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.parameterization import AbstractParameterization, Tendency
@@ -82,7 +83,7 @@ class StratocumulusLongwave(AbstractParameterization):
         above = z > zi
         distance = jnp.where(above, z - zi, 1.0)
         subsidence = (rho_i * DRY_AIR_HEAT_CAPACITY * self.divergence
-                      * (0.25 * distance ** (4.0 / 3.0) + zi * distance ** (1.0 / 3.0)))
+                      * (0.25 * distance + zi) * cube_root(distance))
         flux = (self.upper_flux * jnp.exp(-(path[-1] - path))
                 + self.lower_flux * jnp.exp(-path)
                 + jnp.where(above, subsidence, 0.0))

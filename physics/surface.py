@@ -26,6 +26,7 @@ from physics.thermodynamics import (
 )
 from scm.constants import GRAVITY, KAPPA, REFERENCE_PRESSURE, VON_KARMAN
 from scm.errors import check_choice, check_positive, check_range
+from scm.fastmath import arctan, fourth_root, inverse_fourth_root
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.levels import recurrence
@@ -169,20 +170,20 @@ class MoninObukhovSurface(AbstractSurfaceLayer):
 
     def phi_m(self, zeta):
         """Dimensionless wind shear κz/u* ∂U/∂z."""
-        unstable = (1.0 - self.gamma_m * jnp.minimum(zeta, 0.0)) ** -0.25
+        unstable = inverse_fourth_root(1.0 - self.gamma_m * jnp.minimum(zeta, 0.0))
         return jnp.where(zeta < 0, unstable, 1.0 + self.beta_m * jnp.maximum(zeta, 0.0))
 
     def phi_h(self, zeta):
         """Dimensionless potential-temperature gradient κz/θ* ∂θ/∂z."""
-        unstable = (1.0 - self.gamma_h * jnp.minimum(zeta, 0.0)) ** -0.5
+        unstable = 1.0 / jnp.sqrt(1.0 - self.gamma_h * jnp.minimum(zeta, 0.0))
         return jnp.where(zeta < 0, unstable, 1.0 + self.beta_h * jnp.maximum(zeta, 0.0))
 
     def psi_m(self, zeta):
         """Integrated stability function for momentum (Paulson 1970)."""
         zeta_u, zeta_s = _split_at_neutral(zeta)
-        x = (1.0 - self.gamma_m * zeta_u) ** 0.25
+        x = fourth_root(1.0 - self.gamma_m * zeta_u)
         unstable = (2.0 * jnp.log(0.5 * (1.0 + x)) + jnp.log(0.5 * (1.0 + x * x))
-                    - 2.0 * jnp.arctan(x) + 0.5 * math.pi)
+                    - 2.0 * arctan(x) + 0.5 * math.pi)
         return unstable - self.beta_m * zeta_s
 
     def psi_h(self, zeta):

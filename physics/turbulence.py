@@ -27,6 +27,7 @@ from physics.thermodynamics import (
 from physics.updraft import MassFluxUpdraft, UpdraftProfile
 from scm.constants import GRAVITY, VON_KARMAN
 from scm.errors import ConfigurationError, check_positive, check_range
+from scm.fastmath import cube_root, fourth_root, three_halves_power
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
 from scm.integration import implicit_diffusion
@@ -53,7 +54,7 @@ def _cube_root(x):
     """x^(1/3) of a velocity cubed (m3 s-3, ≥ 0), regularized as (x + w_r³)^(1/3) − w_r with
     w_r = 0.01 m/s: the same to 10⁻⁴ m/s for convective velocities, with a finite derivative
     where the surface buoyancy flux vanishes (x^(1/3) has none at 0)."""
-    return (x + _VELOCITY_SCALE**3) ** (1.0 / 3.0) - _VELOCITY_SCALE
+    return cube_root(x + _VELOCITY_SCALE**3) - _VELOCITY_SCALE
 
 
 def _interior(x: Float[Array, " n_interface"]) -> Float[Array, " n_interface"]:
@@ -223,7 +224,7 @@ class LocalClosure(AbstractParameterization):
         # one-sided ones, which is what finite differences converge to.
         k_m = length**2 * jnp.sqrt(s2_safe - self.gamma * jnp.minimum(n2, 0.0)) / (
             1.0 + self.stable_coefficient * jnp.maximum(richardson, 0.0)) ** 2
-        k_h = k_m * (1.0 - self.gamma * jnp.clip(richardson, -10.0, 0.0)) ** 0.25
+        k_h = k_m * fourth_root(1.0 - self.gamma * jnp.clip(richardson, -10.0, 0.0))
         return k_m + self.background_diffusivity, k_h + self.background_diffusivity
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
@@ -341,7 +342,7 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
         derivative there)."""
         blackadar = blackadar_length(z, self.asymptotic_length)
         stable = jnp.maximum(n2, 0.0)
-        frequency = stable**2 / (stable + _STABILITY_SCALE**2) ** 1.5
+        frequency = stable**2 / three_halves_power(stable + _STABILITY_SCALE**2)
         return 1.0 / (1.0 / jnp.maximum(blackadar, _TINY)
                       + frequency / (self.c_n * jnp.sqrt(tke)))
 

@@ -65,6 +65,7 @@ from physics.thermodynamics import (
 )
 from scm.constants import GRAVITY
 from scm.errors import check_range
+from scm.fastmath import cube_root
 from scm.grid import ColumnGrid
 from scm.levels import recurrence
 from scm.state import State, as_float
@@ -156,8 +157,8 @@ class MassFluxUpdraft(eqx.Module):
         active = surface.buoyancy_flux > 0
         heating = jnp.maximum(surface.buoyancy_flux, 0.0)
         buoyancy_parameter = GRAVITY / theta_v[0]
-        sigma_w = 1.3 * (surface.ustar**3 + 0.6 * buoyancy_parameter * heating * z[0]
-                         + _TINY) ** (1.0 / 3.0)
+        sigma_w = 1.3 * cube_root(surface.ustar**3 + 0.6 * buoyancy_parameter * heating * z[0]
+                                  + _TINY)
         thl0 = state.thl[0] + jnp.where(active, self.excess * surface.heat_flux / sigma_w, 0.0)
         qt0 = state.qt[0] + jnp.where(active, self.excess * surface.moisture_flux / sigma_w, 0.0)
 
@@ -216,8 +217,8 @@ class MassFluxUpdraft(eqx.Module):
             growth = jnp.exp(jnp.clip((eps - det) * dz, -30.0, 30.0))
             # At the condensation level, the cloud-base closure of Grant (2001).
             mass_dry = self.area * rho_hi * w_new
-            base_mass = self.cloud_base_coefficient * rho_hi * (
-                buoyancy_parameter * heating * z_hi + _TINY) ** (1.0 / 3.0)
+            base_mass = self.cloud_base_coefficient * rho_hi * cube_root(
+                buoyancy_parameter * heating * z_hi + _TINY)
             mass_dry = jnp.where(liquid_new > 0, jnp.minimum(mass_dry, base_mass), mass_dry)
             mass_new = jnp.where(cloudy, mass * growth, mass_dry)
             mass_new = jnp.minimum(mass_new, self.area * rho_hi * w_new) * alive_new

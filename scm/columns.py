@@ -1,0 +1,120 @@
+"""Columns over devices and hosts: the one column runner.
+
+Columns are independent, so a batch of them is split evenly over every device of a
+``jax.sharding.Mesh`` with one axis, ``"columns"`` (``jax.shard_map``): each device runs the
+same per-column program (``jax.vmap`` of the scheme's code) on its share, and nothing is
+exchanged between devices during a run. ``map_columns`` is that runner; ``run_ensemble``
+(every ``scm`` command, the truth, the evaluations and the stability benchmark) and the
+training loss go through it.
+
+- **Devices.** By default every device of the default backend: every GPU of a GPU machine;
+  on a CPU, XLA would present one device for all cores and run a batch of small level
+  loops on one of them, so ``use_host_devices`` (called when ``scm`` is imported) asks JAX
+  for one host device per core, before its backends start. ``JAX_NUM_CPU_DEVICES=N`` or
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before the start override it
+  (N = 1: no splitting).
+- **Uneven batches** are padded to a multiple of the device count with copies of the last
+  column, whose results are dropped.
+- **Several hosts** (``jax.distributed``): call ``jax.distributed.initialize(...)`` in every
+  process before anything else (on CPUs with ``jax_cpu_collectives_implementation`` set to
+  ``"gloo"``); the mesh then spans the devices of every process, each host computes its
+  share of the columns, and ``to_host`` gathers the results on every host. Every process
+  passes the same inputs (the same case, the same seed), as a single-process run would.
+- **Decomposition independence** (tested): the same columns on 1, 2 or 4 devices give the
+  same results, bit for bit on XLA:CPU here (each device runs the same per-column
+  arithmetic; a backend that vectorized differently for another share size could change
+  the last bits, never more).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+#: The name of the mesh axis the columns are split over.
+COLUMNS = "columns"
+
+
+def use_host_devices(count: int | None = None) -> int | None:
+    """Ask JAX for ``count`` CPU devices (default: one per core available to this process),
+    unless the backends have started already or the number was chosen otherwise
+    (``jax_num_cpu_devices`` / ``JAX_NUM_CPU_DEVICES``, or
+    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``). Returns the number set, or
+    None if it was left alone."""
+    from jax._src import xla_bridge  # the only way to ask whether the backends started
+
+    chosen = (jax.config.jax_num_cpu_devices >= 0
+              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    if chosen or xla_bridge.backends_are_initialized():
+        return None
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    jax.config.update("jax_num_cpu_devices", int(count))
+    return int(count)
+
+
+def column_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh (``COLUMNS``) of ``devices`` (default: all devices of every process)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (COLUMNS,))
+
+
+def map_columns(fn: Callable, in_axes, *args, devices: Sequence[jax.Device] | None = None):
+    """``jax.vmap(fn, in_axes)(*args)``, the columns split evenly over ``devices`` (default:
+    all). ``in_axes`` is 0 (one entry per column) or None (shared by all columns) per
+    argument, as for ``vmap``; arguments may be any pytrees (equinox modules with static
+    fields too); every output has the column axis first. Call it inside ``jit``. With one
+    device, or one column, this is plain ``vmap``."""
+    in_axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+    mesh = column_mesh(devices)
+    batched = [a for a, axis in zip(args, in_axes, strict=True) if axis is not None]
+    n = jax.tree.leaves(batched)[0].shape[0]
+    if mesh.size == 1 or n == 1:
+        return jax.vmap(fn, in_axes)(*args)
+    padded = -(-n // mesh.size) * mesh.size
+    arrays, statics = eqx.partition(args, eqx.is_array)
+    arrays = tuple(a if axis is None else jax.tree.map(lambda x: _pad(x, padded), a)
+                   for a, axis in zip(arrays, in_axes, strict=True))
+
+    def local(*arrays):  # one device's share of the columns
+        return jax.vmap(lambda *a: fn(*eqx.combine(a, statics)), in_axes)(*arrays)
+
+    specs = tuple(PartitionSpec() if axis is None else PartitionSpec(COLUMNS)
+                  for axis in in_axes)
+    # check_vma=False: the level primitives trace their loops per column inside a batching
+    # rule, where JAX cannot tell loop carries that vary over the devices from shared ones
+    out = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(COLUMNS),
+                        check_vma=False)(*arrays)
+    return jax.tree.map(lambda x: x[:n], out)
+
+
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+    """``tree``'s arrays placed on every device of the column mesh, once: what every column
+    reads (training data, weights) then needs no copy at every call."""
+    sharding = NamedSharding(column_mesh(devices), PartitionSpec())
+    return jax.tree.map(lambda a: jax.device_put(a, sharding) if eqx.is_array(a) else a, tree)
+
+
+def _pad(x, padded: int):
+    """``x`` with copies of its last column appended up to ``padded`` columns."""
+    extra = padded - x.shape[0]
+    return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
+
+
+def to_host(tree):
+    """The arrays of ``tree`` as NumPy arrays on this host; those split over several hosts
+    are gathered from every process first."""
+    from jax.experimental import multihost_utils
+
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            a = multihost_utils.process_allgather(a, tiled=True)
+        return np.asarray(a)
+
+    return jax.tree.map(one, tree)

@@ -770,7 +770,9 @@ def summarize_long(results: dict[str, dict[str, list[dict]]]) -> dict:
                 per_scenario = np.ndim(value) == 1
                 if per_scenario and (key.startswith(("trend_", "periodicity_"))
                                      or key.endswith("_difference")):
-                    entry[key] = float(np.nanmean(_stack(runs, key)))
+                    values = _stack(runs, key)  # NaN where a run is too short for it
+                    entry[key] = (float(np.nanmean(values)) if np.isfinite(values).any()
+                                  else float("nan"))
             flagged = _stack(runs, "flagged_fraction")
             entry["flagged_fraction"] = (None if np.isnan(flagged).all()
                                          else float(np.nanmean(flagged)))

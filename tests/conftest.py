@@ -9,6 +9,7 @@ length and is shared by all core tests.
 
 from __future__ import annotations
 
+import gc
 import types
 
 import equinox as eqx
@@ -155,6 +156,17 @@ def kit() -> types.SimpleNamespace:
         forcing=forcing,
         run=run,
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_compiled_programs():
+    """After each test file, drop the compiled programs nothing refers to any more: XLA:CPU
+    maps about 20 memory regions per compiled program, and a process that keeps a few
+    thousand of them reaches Linux's default limit of 65530 maps
+    (``vm.max_map_count``), where the next compilation aborts."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ training loss go through it.
 
 - **Devices.** By default every device of the default backend: every GPU of a GPU machine;
   on a CPU, XLA would present one device for all cores and run a batch of small level
-  loops on one of them, so ``use_host_devices`` (called when ``scm`` is imported) asks JAX
-  for one host device per core, before its backends start. ``JAX_NUM_CPU_DEVICES=N`` or
+  loops on one of them, so importing ``scm`` asks JAX for one host device per core before
+  its backends start (through ``JAX_NUM_CPU_DEVICES`` when JAX is not loaded yet, else
+  ``use_host_devices``). ``JAX_NUM_CPU_DEVICES=N`` or
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before the start override it
   (N = 1: no splitting).
 - **Uneven batches** are padded to a multiple of the device count with copies of the last
@@ -54,8 +55,9 @@ def use_host_devices(count: int | None = None) -> int | None:
     if chosen or xla_bridge.backends_are_initialized():
         return None
     if count is None:
-        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        from scm import available_cores
+
+        count = available_cores()
     jax.config.update("jax_num_cpu_devices", int(count))
     return int(count)
 

@@ -38,11 +38,11 @@ from experiments.scenarios import sample_scenarios
 from experiments.truth import generate_truth, load_truth
 from experiments.turbulence import (
     ExperimentConfig,
+    Inputs,
     coarse_cases,
     hybrid_model,
     training_data,
 )
-from nn.features import Normalization
 from nn.parameterization import trainable_filter
 from nn.training import TrainingConfig, draw, online_loss, train
 
@@ -56,7 +56,8 @@ def make_setup(args, config: ExperimentConfig):
                                  days=1.0 + args.days, spinup_days=1.0, progress=False)
     cases = coarse_cases(dataset, config)
     data = training_data(dataset, cases, config)
-    return data, cases, Normalization.fit(data.states, cases[0].model.grid)
+    # the experiment's features and their normalization, fitted on this truth
+    return data, cases, Inputs(data, cases[0].model, config).normalization
 
 
 def measure_training(model, data, args) -> dict:

@@ -688,6 +688,12 @@ def _stack(runs: list[dict], key: str) -> np.ndarray:
     return np.stack([np.asarray(r[key], float) for r in runs])
 
 
+def _finite_mean(values: np.ndarray, missing):
+    """The mean of the finite ``values``; ``missing`` where there are none (no detector, or
+    a run too short for the quantity)."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else missing
+
+
 def _interval(model: np.ndarray, baseline: np.ndarray) -> list[float]:
     return list(bootstrap_change(model, baseline.mean(axis=0)))
 
@@ -705,8 +711,7 @@ def skill_summary(runs: list[dict], reference: list[dict], select: np.ndarray) -
         model, base = _stack(runs, key)[:, select], _stack(reference, key)[:, select]
         out[key] = float(model.mean())
         out[f"change_{key}"] = _interval(model, base)
-    flagged = _stack(runs, "flagged_fraction")[:, select]
-    out["flagged_fraction"] = None if np.isnan(flagged).all() else float(np.nanmean(flagged))
+    out["flagged_fraction"] = _finite_mean(_stack(runs, "flagged_fraction")[:, select], None)
     return out
 
 
@@ -770,12 +775,8 @@ def summarize_long(results: dict[str, dict[str, list[dict]]]) -> dict:
                 per_scenario = np.ndim(value) == 1
                 if per_scenario and (key.startswith(("trend_", "periodicity_"))
                                      or key.endswith("_difference")):
-                    values = _stack(runs, key)  # NaN where a run is too short for it
-                    entry[key] = (float(np.nanmean(values)) if np.isfinite(values).any()
-                                  else float("nan"))
-            flagged = _stack(runs, "flagged_fraction")
-            entry["flagged_fraction"] = (None if np.isnan(flagged).all()
-                                         else float(np.nanmean(flagged)))
+                    entry[key] = _finite_mean(_stack(runs, key), float("nan"))
+            entry["flagged_fraction"] = _finite_mean(_stack(runs, "flagged_fraction"), None)
             entry["largest_jacobian_modulus"] = max(r["largest_modulus"] for r in runs)
             entry["budget_residual_max_K_per_day"] = float(np.abs(_stack(
                 runs, "budget_residual")).max())

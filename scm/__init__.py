@@ -17,10 +17,14 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def devices_forced_by_xla_flags() -> bool:
+    """Whether ``XLA_FLAGS`` sets the number of host devices itself."""
+    return "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+
+
 if "jax" in sys.modules:
     from scm.columns import use_host_devices
 
     use_host_devices()
-elif ("JAX_NUM_CPU_DEVICES" not in os.environ
-      and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
+elif "JAX_NUM_CPU_DEVICES" not in os.environ and not devices_forced_by_xla_flags():
     os.environ["JAX_NUM_CPU_DEVICES"] = str(available_cores())

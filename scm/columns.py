@@ -29,7 +29,6 @@ training loss go through it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
@@ -37,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from scm import available_cores, devices_forced_by_xla_flags
 
 #: The name of the mesh axis the columns are split over.
 COLUMNS = "columns"
@@ -50,13 +51,10 @@ def use_host_devices(count: int | None = None) -> int | None:
     None if it was left alone."""
     from jax._src import xla_bridge  # the only way to ask whether the backends started
 
-    chosen = (jax.config.jax_num_cpu_devices >= 0
-              or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+    chosen = jax.config.jax_num_cpu_devices >= 0 or devices_forced_by_xla_flags()
     if chosen or xla_bridge.backends_are_initialized():
         return None
     if count is None:
-        from scm import available_cores
-
         count = available_cores()
     jax.config.update("jax_num_cpu_devices", int(count))
     return int(count)

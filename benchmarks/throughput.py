@@ -237,7 +237,7 @@ def measure_profile(case, n_columns: int, repeats: int, loops: int = 50) -> list
 
 def _updraft(closure, state, forcing, grid):
     fluxes = closure.surface.fluxes(state, forcing, grid)
-    return closure.updraft(state, grid, diagnose(state, grid), fluxes)
+    return closure.updraft(state, grid, diagnose(state, grid, closure.moist), fluxes, closure.moist)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -451,7 +451,7 @@ def physics_candidate(name: str, dt: float) -> Candidate:
 
     def build(model: Model) -> Model:
         return model.with_slot("turbulence", turbulence_scheme(
-            name, model.turbulence.surface, dt))
+            name, model.turbulence.surface, dt, moist=getattr(model.turbulence, "moist", True)))
 
     return Candidate(f"physics_{name}", build)
 

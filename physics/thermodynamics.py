@@ -136,9 +136,20 @@ class Thermodynamics(NamedTuple):
     saturation_humidity: Float[Array, " z"]
 
 
-def diagnose(state: State, grid: ColumnGrid) -> Thermodynamics:
-    """Saturation adjustment of every level's grid mean at the reference pressure."""
-    temperature, liquid = saturation_adjustment(state.thl, state.qt, grid.pressure, grid.exner)
+def condensation(thl, qt, pressure, exner, moist: bool = True):
+    """(T, ql) of air with θl, qt: ``saturation_adjustment`` where water may condense
+    (``moist``), else dry air, T = Π θl and ql = 0 exactly. The dry form is what the adjustment
+    returns for unsaturated air, without its Newton iterations: for the dry cases, whose
+    moisture stays far below saturation, or is zero."""
+    if moist:
+        return saturation_adjustment(thl, qt, pressure, exner)
+    return exner * thl, jnp.zeros_like(thl + qt)
+
+
+def diagnose(state: State, grid: ColumnGrid, moist: bool = True) -> Thermodynamics:
+    """Saturation adjustment of every level's grid mean at the reference pressure (without
+    condensation unless ``moist``; see ``condensation``)."""
+    temperature, liquid = condensation(state.thl, state.qt, grid.pressure, grid.exner, moist)
     qs, _ = saturation_specific_humidity(temperature, grid.pressure)
     return Thermodynamics(temperature, liquid,
                           potential_temperature(state.thl, liquid, grid.exner),

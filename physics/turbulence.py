@@ -63,16 +63,22 @@ def _interior(x: Float[Array, " n_interface"]) -> Float[Array, " n_interface"]:
 
 
 def buoyancy_frequency_squared(state: State, grid: ColumnGrid, mean: Thermodynamics,
-                               cloud_fraction=None) -> Float[Array, " n_interface"]:
+                               cloud_fraction=None, moist: bool = True
+                               ) -> Float[Array, " n_interface"]:
     """N² = (g/θv)(A ∂θl/∂z + B ∂qt/∂z) on interfaces (zero at the surface and the top):
     the static stability that turbulent fluxes of θl and qt feel, with the coefficients A, B
     of clear and of saturated air (``physics.thermodynamics``) weighted by the cloud fraction
     at the centres (by default the grid mean's saturation, 0 or 1). In clear air this is
     (g/θv) ∂θv/∂z; in cloud it is the moist stability, near zero in a well-mixed cloud layer
-    (where ∂θv/∂z > 0 although the layer is neutral for saturated parcels)."""
-    if cloud_fraction is None:
-        cloud_fraction = (mean.liquid > 0).astype(state.thl.dtype)
-    a, b = moist_buoyancy_coefficients(mean, state, grid, cloud_fraction)
+    (where ∂θv/∂z > 0 although the layer is neutral for saturated parcels). Without
+    ``moist`` the air is clear everywhere (the coefficients of saturated air are not
+    computed)."""
+    if not moist:
+        a, b = clear_air_coefficients(mean.theta, state.qt)
+    else:
+        if cloud_fraction is None:
+            cloud_fraction = (mean.liquid > 0).astype(state.thl.dtype)
+        a, b = moist_buoyancy_coefficients(mean, state, grid, cloud_fraction)
     return GRAVITY * (grid.to_interfaces(a) * grid.gradient_at_interfaces(state.thl)
                       + grid.to_interfaces(b) * grid.gradient_at_interfaces(state.qt)
                       ) / grid.to_interfaces(mean.theta_v)
@@ -184,6 +190,8 @@ class LocalClosure(AbstractParameterization):
     ``time_step`` with K(yⁿ) (a predictor–corrector; ``predictor_weight`` is the weight of
     K(y*)). In GABLS1 at 6.25 m this reproduces a Δt = 1 s run at Δt = 10 s. A small
     ``background_diffusivity`` (m²/s) keeps the free atmosphere from decoupling entirely.
+    ``moist=False`` (the dry cases): water vapour only, never condensing
+    (``physics.thermodynamics.condensation``).
     """
 
     surface: AbstractSurfaceLayer
@@ -193,10 +201,12 @@ class LocalClosure(AbstractParameterization):
     background_diffusivity: Float[Array, ""]
     time_step: float | None = eqx.field(static=True)
     predictor_weight: float = eqx.field(static=True)
+    moist: bool = eqx.field(static=True)
 
     def __init__(self, surface: AbstractSurfaceLayer, asymptotic_length=80.0,
                  stable_coefficient=4.7, gamma=16.0, background_diffusivity=0.01,
-                 time_step: float | None = None, predictor_weight: float = 0.5):
+                 time_step: float | None = None, predictor_weight: float = 0.5,
+                 moist: bool = True):
         check_range("asymptotic_length", asymptotic_length, 1.0, 1.0e4, "m")
         check_range("stable_coefficient", stable_coefficient, 0.0, 100.0)
         check_range("gamma", gamma, 0.0, 100.0)
@@ -211,10 +221,12 @@ class LocalClosure(AbstractParameterization):
         self.background_diffusivity = as_float(background_diffusivity)
         self.time_step = None if time_step is None else float(time_step)
         self.predictor_weight = float(predictor_weight)
+        self.moist = bool(moist)
 
     def diffusivities(self, state: State, grid: ColumnGrid):
         """(K_m, K_h) on interfaces (the end values are not used)."""
-        n2 = buoyancy_frequency_squared(state, grid, diagnose(state, grid))
+        n2 = buoyancy_frequency_squared(state, grid, diagnose(state, grid, self.moist),
+                                        moist=self.moist)
         s2 = shear_squared(state, grid)
         length = blackadar_length(grid.z_interface, self.asymptotic_length)
         s2_safe = s2 + MIN_SHEAR2
@@ -286,6 +298,12 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
     profiles ``ql`` and ``cloud_fraction``, liquid water path, cloud cover, base and top), and
     the updraft's ``updraft_area`` and ``updraft_mass_flux`` (a w, m/s) profiles. It is also a
     cloud source (``cloud``) for the microphysics and the radiation.
+
+    ``moist=False`` (the dry cases): water vapour only, never condensing
+    (``physics.thermodynamics.condensation``): no cloud, no cloud diagnostics, and a plume
+    that stays dry; the program then holds none of the moist parts (a third less time per
+    step in GABLS1), and for air far from saturation its results are those of
+    ``moist=True``.
     """
 
     surface: AbstractSurfaceLayer
@@ -300,11 +318,13 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
     updraft: MassFluxUpdraft | None
     clouds: StatisticalCloud
     time_step: float = eqx.field(static=True)
+    moist: bool = eqx.field(static=True)
 
     def __init__(self, surface: AbstractSurfaceLayer, time_step: float = 60.0, *,
                  c_m=3.75**-0.5, c_eps=3.75**-1.5, c_n=0.3, c_e=2.0, asymptotic_length=80.0,
                  prandtl_neutral=1.0, surface_tke_coefficient=3.75, tke_min=1.0e-4,
-                 updraft: MassFluxUpdraft | bool = True, clouds: StatisticalCloud | None = None):
+                 updraft: MassFluxUpdraft | bool = True, clouds: StatisticalCloud | None = None,
+                 moist: bool = True):
         check_positive("time_step", time_step, "s")
         for name, value, low, high in (
             ("c_m", c_m, 0.01, 2.0), ("c_eps", c_eps, 0.01, 2.0), ("c_n", c_n, 0.1, 5.0),
@@ -325,6 +345,7 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
             updraft = MassFluxUpdraft()
         self.updraft = updraft or None
         self.clouds = StatisticalCloud() if clouds is None else clouds
+        self.moist = bool(moist)
 
     def required_tracers(self) -> tuple[str, ...]:
         return ("tke",)
@@ -357,8 +378,10 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
         what ``__call__`` and ``cloud`` share (the same trace, so that a microphysics or
         radiation scheme holding this closure as its cloud source costs no second plume)."""
         fluxes = self.surface.fluxes(state, forcing, grid)
-        mean = diagnose(state, grid)
+        mean = diagnose(state, grid, self.moist)
         tke = jnp.maximum(state.tracers["tke"], self.tke_min)
+        plume = None if self.updraft is None else self.updraft(state, grid, mean, fluxes,
+                                                                self.moist)
 
         def length(n2):
             return self.mixing_length(grid.z, tke, 0.5 * (n2[1:] + n2[:-1]))
@@ -366,8 +389,10 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
         # The cloud's spread needs a mixing length before the cloud fraction is known: the
         # one of the grid mean's saturation; N² and the length of the closure itself then
         # weigh the saturated stability by the cloud fraction.
+        if not self.moist:
+            n2 = buoyancy_frequency_squared(state, grid, mean, moist=False)
+            return ClosureColumn(fluxes, mean, plume, None, n2, length(n2))
         first_guess = length(buoyancy_frequency_squared(state, grid, mean))
-        plume = None if self.updraft is None else self.updraft(state, grid, mean, fluxes)
         if plume is None:
             cloud = self.clouds(state.thl, state.qt, grid, first_guess)
         else:
@@ -377,6 +402,9 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
         return ClosureColumn(fluxes, mean, plume, cloud, n2, length(n2))
 
     def cloud(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Cloud:
+        if not self.moist:
+            raise ConfigurationError("a TKE closure with moist=False has no cloud to give the "
+                                     "microphysics or radiation; build it with moist=True")
         return self.column(state, forcing, grid).cloud
 
     def __call__(self, state: State, forcing: Forcing, grid: ColumnGrid) -> Tendency:
@@ -425,7 +453,8 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
                          zeros.tendency.qt, {**zeros.tendency.tracers, "tke": tke_tendency})
         diagnostics = surface_diagnostics(fluxes)
         diagnostics["convective_velocity"] = jnp.where(heating > 0, convective_velocity, 0.0)
-        diagnostics.update(cloud_diagnostics(cloud, grid))
+        if cloud is not None:
+            diagnostics.update(cloud_diagnostics(cloud, grid))
         if plume is not None:
             diagnostics["updraft_top_height"] = plume.top
             diagnostics["cloud_base_mass_flux"] = plume.cloud_base_mass_flux
@@ -438,13 +467,13 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
 
 class ClosureColumn(NamedTuple):
     """What ``TKEClosure.column`` diagnoses from a column: surface fluxes, grid-mean
-    thermodynamics, the updraft (None without one), the cloud, N² on interfaces (s-2) and
-    the mixing length at centres (m)."""
+    thermodynamics, the updraft (None without one), the cloud (None when dry), N² on
+    interfaces (s-2) and the mixing length at centres (m)."""
 
     fluxes: SurfaceFluxes
     mean: Thermodynamics
     plume: UpdraftProfile | None
-    cloud: Cloud
+    cloud: Cloud | None
     n2: Float[Array, " n_interface"]
     length: Float[Array, " z"]
 

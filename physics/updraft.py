@@ -59,7 +59,7 @@ from physics.surface import SurfaceFluxes
 from physics.thermodynamics import (
     Thermodynamics,
     buoyancy,
-    saturation_adjustment,
+    condensation,
     saturation_specific_humidity,
     virtual_potential_temperature,
 )
@@ -151,7 +151,10 @@ class MassFluxUpdraft(eqx.Module):
         self.pressure_coefficient = as_float(pressure_coefficient)
 
     def __call__(self, state: State, grid: ColumnGrid, mean: Thermodynamics,
-                 surface: SurfaceFluxes) -> UpdraftProfile:
+                 surface: SurfaceFluxes, moist: bool = True) -> UpdraftProfile:
+        """The plume of a column with grid-mean thermodynamics ``mean``; without ``moist`` it
+        never condenses (``physics.thermodynamics.condensation``), and the in-cloud parts of
+        the plume are left out of the program rather than computed for nothing."""
         z, rho, pressure, exner = grid.z, grid.rho, grid.pressure, grid.exner
         theta_v = mean.theta_v
         active = surface.buoyancy_flux > 0
@@ -165,7 +168,7 @@ class MassFluxUpdraft(eqx.Module):
         # h of the dry entrainment: the level of neutral buoyancy of the undiluted surface
         # parcel, condensing above its lifting condensation level (the entraining plume stops
         # a little below it; a parcel that condenses reaches its cloud layer).
-        _, parcel_liquid = saturation_adjustment(thl0, qt0, pressure, exner)
+        _, parcel_liquid = condensation(thl0, qt0, pressure, exner, moist)
         parcel = virtual_potential_temperature(thl0, qt0, parcel_liquid, exner)
         warmer = theta_v > parcel
         neutral = jnp.where(warmer.any(), z[jnp.argmax(warmer)], z[-1])
@@ -173,7 +176,7 @@ class MassFluxUpdraft(eqx.Module):
         dry_entrainment = self.entrainment * (1.0 / (z + dz)
                                               + 1.0 / jnp.maximum(neutral - z + dz, dz))
 
-        _, liquid0 = saturation_adjustment(thl0, qt0, pressure[0], exner[0])
+        _, liquid0 = condensation(thl0, qt0, pressure[0], exner[0], moist)
         theta_v0 = virtual_potential_temperature(thl0, qt0, liquid0, exner[0])
         buoyancy0 = buoyancy(theta_v0, theta_v[0])
         a, b = self.buoyancy_coefficient, self.drag_coefficient
@@ -189,10 +192,12 @@ class MassFluxUpdraft(eqx.Module):
             thl_u, qt_u, u_u, v_u, liquid, _, w2, mass, buoy, alive = carry
             (thl_lo, thl_hi, qt_lo, qt_hi, u_lo, u_hi, v_lo, v_hi, thv_hi, p_hi, exner_hi,
              rho_hi, z_hi, dz, eps_lo, eps_hi) = level
-            cloudy = liquid > 0
-            w2_safe = jnp.maximum(w2, MIN_W2)
-            eps = jnp.where(cloudy, 1.0 / (self.cloud_entrainment_time * jnp.sqrt(w2_safe)),
-                            0.5 * (eps_lo + eps_hi))
+            eps = 0.5 * (eps_lo + eps_hi)
+            if moist:
+                cloudy = liquid > 0
+                w2_safe = jnp.maximum(w2, MIN_W2)
+                eps = jnp.where(cloudy, 1.0 / (self.cloud_entrainment_time * jnp.sqrt(w2_safe)),
+                                eps)
             eps = jnp.minimum(eps, 0.9 / dz)
             decay, gain = _layer_factors(eps * dz)
 
@@ -203,24 +208,27 @@ class MassFluxUpdraft(eqx.Module):
             qt_new = cross(qt_u, qt_lo, qt_hi)
             u_new = cross(u_u, u_lo, u_hi, self.pressure_coefficient)
             v_new = cross(v_u, v_lo, v_hi, self.pressure_coefficient)
-            _, liquid_new = saturation_adjustment(thl_new, qt_new, p_hi, exner_hi)
+            _, liquid_new = condensation(thl_new, qt_new, p_hi, exner_hi, moist)
             thv_new = virtual_potential_temperature(thl_new, qt_new, liquid_new, exner_hi)
             buoy_new = buoyancy(thv_new, thv_hi)
-            lift = jnp.where(cloudy, self.cloud_buoyancy_coefficient, a)
-            drag = b * eps + jnp.where(cloudy, 1.0 / self.cloud_drag_length, 0.0)
+            lift, drag = a, b * eps
+            if moist:
+                lift = jnp.where(cloudy, self.cloud_buoyancy_coefficient, lift)
+                drag = drag + jnp.where(cloudy, 1.0 / self.cloud_drag_length, 0.0)
             w_decay, w_gain = _layer_factors(2.0 * drag * dz)
             w2_new = w2 * w_decay + lift * (buoy + buoy_new) * dz * w_gain
             alive_new = alive & (w2_new > 0)
             w_new = jnp.sqrt(jnp.maximum(w2_new, 0.0) + _TINY)
-            sorting = 0.5 * (self._sorting(buoy, w2) + self._sorting(buoy_new, w2_new))
-            det = jnp.where(cloudy, sorting + self.cloud_detrainment_rate, 0.0)
-            growth = jnp.exp(jnp.clip((eps - det) * dz, -30.0, 30.0))
-            # At the condensation level, the cloud-base closure of Grant (2001).
-            mass_dry = self.area * rho_hi * w_new
-            base_mass = self.cloud_base_coefficient * rho_hi * cube_root(
-                buoyancy_parameter * heating * z_hi + _TINY)
-            mass_dry = jnp.where(liquid_new > 0, jnp.minimum(mass_dry, base_mass), mass_dry)
-            mass_new = jnp.where(cloudy, mass * growth, mass_dry)
+            mass_new = self.area * rho_hi * w_new
+            if moist:
+                sorting = 0.5 * (self._sorting(buoy, w2) + self._sorting(buoy_new, w2_new))
+                det = jnp.where(cloudy, sorting + self.cloud_detrainment_rate, 0.0)
+                growth = jnp.exp(jnp.clip((eps - det) * dz, -30.0, 30.0))
+                # At the condensation level, the cloud-base closure of Grant (2001).
+                base_mass = self.cloud_base_coefficient * rho_hi * cube_root(
+                    buoyancy_parameter * heating * z_hi + _TINY)
+                mass_new = jnp.where(liquid_new > 0, jnp.minimum(mass_new, base_mass), mass_new)
+                mass_new = jnp.where(cloudy, mass * growth, mass_new)
             mass_new = jnp.minimum(mass_new, self.area * rho_hi * w_new) * alive_new
             out = (jnp.where(alive_new, thl_new, thl_hi), jnp.where(alive_new, qt_new, qt_hi),
                    jnp.where(alive_new, u_new, u_hi), jnp.where(alive_new, v_new, v_hi),
@@ -254,6 +262,11 @@ class MassFluxUpdraft(eqx.Module):
                         z[last] + fraction * (z[beyond + 1] - z[last]))
         top = jnp.where(n_alive > 0, top, 0.0)
 
+        face_mass = mass[:-1]
+        nan = jnp.full_like(top, jnp.nan)
+        if not moist:
+            return UpdraftProfile(thl_u, qt_u, u_u, v_u, liquid, thv_u, w, area, mass, face_mass,
+                                  top, nan, nan, jnp.zeros_like(top))
         # Cloud base: where the plume's saturation excess qt,u − qs(Π θl,u) crosses zero.
         qs_liquid, _ = saturation_specific_humidity(exner * thl_u, pressure)
         excess = qt_u - qs_liquid
@@ -264,8 +277,6 @@ class MassFluxUpdraft(eqx.Module):
         weight = jnp.clip(-excess[below] / jnp.maximum(excess[k] - excess[below], _TINY), 0.0,
                           1.0)
         base = jnp.where(k > 0, z[below] + weight * (z[k] - z[below]), z[0])
-        face_mass = mass[:-1]
-        nan = jnp.full_like(top, jnp.nan)
         return UpdraftProfile(thl_u, qt_u, u_u, v_u, liquid, thv_u, w, area, mass, face_mass,
                               top, jnp.where(has_cloud, base, nan),
                               jnp.where(has_cloud, top, nan),

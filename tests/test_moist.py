@@ -3,6 +3,7 @@ and the column budgets of water and θl (float64 unless a test says otherwise)."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -163,6 +164,33 @@ def test_unsaturated_air_is_the_dry_thermodynamics_to_round_off():
     n2 = buoyancy_frequency_squared(state, grid, mean)
     dry = GRAVITY * grid.gradient_at_interfaces(dry_theta_v) / grid.to_interfaces(dry_theta_v)
     np.testing.assert_allclose(n2, dry, rtol=1e-12, atol=1e-18)
+
+
+def test_dry_closure_is_the_moist_closure_for_unsaturated_air():
+    """``moist=False`` (the dry cases' closure) leaves out the condensation, the cloud and
+    the plume's in-cloud parts; for air far from saturation it gives the moist closure's
+    results bit for bit in float64 (here the dry CBL, its updraft active), without the cloud
+    diagnostics, and refuses to act as a cloud source."""
+    case = build_case("dry_cbl", hours=0.5)
+    dry = case.model
+    assert dry.turbulence.moist is False
+    moist = dry.with_slot("turbulence", dataclasses.replace(dry.turbulence, moist=True))
+
+    def run_(model):
+        return jax.jit(lambda m: rollout(m, case.state0, case.forcing, 0.0, case.dt, 60, 20))(
+            model)
+
+    a, b = run_(dry), run_(moist)
+    assert float(jnp.max(a.diagnostics["updraft_mass_flux"])) > 0.01
+    for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert set(b.diagnostics) - set(a.diagnostics) == {
+        "ql", "cloud_fraction", "liquid_water_path", "cloud_cover", "cloud_base_height",
+        "cloud_top_height"}
+    for name, x in a.diagnostics.items():
+        np.testing.assert_array_equal(x, b.diagnostics[name], err_msg=name)
+    with pytest.raises(ConfigurationError, match="moist=False"):
+        dry.turbulence.cloud(case.state0, case.forcing.at(0.0), dry.grid)
 
 
 @pytest.mark.parametrize("saturation", [0.97, 1.03])

@@ -39,8 +39,9 @@ def moist_grid(z_interface, surface_pressure: float, thl_profile, qt_profile) ->
 
 
 def turbulence_scheme(kind: str, surface: AbstractSurfaceLayer | None, dt: float,
-                      eddy_viscosity: float = 5.0, **options):
+                      eddy_viscosity: float = 5.0, moist: bool = True, **options):
     """The closure named ``kind`` (``TURBULENCE_NAMES``) over ``surface`` for time step dt;
+    ``moist=False`` for the dry cases (no condensation, see ``physics.turbulence``);
     ``options`` go to the TKE closure."""
     if kind == "constant":
         return ConstantDiffusivity(eddy_viscosity, eddy_viscosity, no_slip=surface is None,
@@ -48,8 +49,8 @@ def turbulence_scheme(kind: str, surface: AbstractSurfaceLayer | None, dt: float
     if surface is None:
         surface = MoninObukhovSurface(0.1, heat_boundary="flux")
     if kind == "local":
-        return LocalClosure(surface, time_step=dt)
-    return TKEClosure(surface, time_step=dt, **options)
+        return LocalClosure(surface, time_step=dt, moist=moist)
+    return TKEClosure(surface, time_step=dt, moist=moist, **options)
 
 
 def cloud_source(closure) -> AbstractCloudSource:

@@ -50,7 +50,8 @@ def build(p, levels, top, dt, hours, turbulence):
     theta_ref, rate, cooling = diurnal_profiles(z, p)
     surface = MoninObukhovSurface(p["roughness_length"], p["roughness_length"],
                                   heat_boundary="temperature")
-    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
+    closure = turbulence_scheme(turbulence, surface, dt, moist=False)
+    model = scm.model.Model(grid, turbulence=closure,
                             large_scale=LargeScaleForcing())
     f = coriolis_parameter(p["latitude"])
     times = np.linspace(0.0, DAY, 49)

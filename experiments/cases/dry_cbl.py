@@ -28,7 +28,8 @@ def build(p, levels, top, dt, hours, turbulence):
                       [300.0, 300.0, 300.0 + jump, 300.0 + jump + 1000.0 * gamma])
     grid = ColumnGrid.uniform(top, levels, 1.0e5, theta)
     surface = MoninObukhovSurface(p["roughness_length"], heat_boundary="flux")
-    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
+    closure = turbulence_scheme(turbulence, surface, dt, moist=False)
+    model = scm.model.Model(grid, turbulence=closure,
                             large_scale=LargeScaleForcing())
     forcing = constant_forcing(grid, coriolis_parameter=1.0e-4,
                                geostrophic_u=p["geostrophic_wind"],

@@ -28,7 +28,7 @@ def build(p, levels, top, dt, hours, turbulence):
     surface = None if turbulence == "constant" else MoninObukhovSurface(
         0.1, heat_boundary="flux")
     model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt,
-                                                               p["eddy_viscosity"]),
+                                                               p["eddy_viscosity"], moist=False),
                             large_scale=LargeScaleForcing())
     forcing = constant_forcing(grid, coriolis_parameter=p["coriolis_parameter"],
                                geostrophic_u=p["geostrophic_u"],

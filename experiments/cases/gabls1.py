@@ -30,7 +30,8 @@ def build(p, levels, top, dt, hours, turbulence):
     grid = ColumnGrid.uniform(top, levels, 1.0e5, theta)
     surface = MoninObukhovSurface(p["roughness_length"], p["roughness_length"], beta_m=4.8,
                                   beta_h=7.8, heat_boundary="temperature")
-    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
+    closure = turbulence_scheme(turbulence, surface, dt, moist=False)
+    model = scm.model.Model(grid, turbulence=closure,
                             large_scale=LargeScaleForcing())
     horizon = hours * HOUR
 

@@ -25,7 +25,8 @@ def build(p, levels, top, dt, hours, turbulence):
     theta = p["potential_temperature"]
     grid = ColumnGrid.uniform(top, levels, 1.0e5, lambda z: np.full_like(z, theta))
     surface = MoninObukhovSurface(p["roughness_length"], heat_boundary="flux")
-    model = scm.model.Model(grid, turbulence=turbulence_scheme(turbulence, surface, dt),
+    closure = turbulence_scheme(turbulence, surface, dt, moist=False)
+    model = scm.model.Model(grid, turbulence=closure,
                             large_scale=LargeScaleForcing())
     forcing = constant_forcing(grid, coriolis_parameter=p["coriolis_parameter"],
                                geostrophic_u=p["geostrophic_wind"], surface_temperature=theta)

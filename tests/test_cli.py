@@ -493,15 +493,19 @@ def test_full_disk_and_interruption_are_one_line_and_keep_the_old_file(tmp_path,
 
 
 SIGINT_WHILE_WRITING = """
-import os, signal, sys, time
+import signal, sys, time
 from pathlib import Path
 from experiments.cli import main
 
 def write_then_interrupt(self, data):
     with open(self, "wb") as handle:
         handle.write(bytes(data)[:100])
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(10)  # Ctrl-C arrives here, half-way through the file
+    # raise_signal: to this thread (os.kill may hand it to one of XLA's threads, and the
+    # main thread would only see it after its sleep); short sleeps, each a point where
+    # Python runs the pending handler
+    signal.raise_signal(signal.SIGINT)
+    for _ in range(1000):
+        time.sleep(0.01)  # Ctrl-C arrives here, half-way through the file
     raise AssertionError("the interrupt did not arrive")
 
 Path.write_bytes = write_then_interrupt

@@ -301,7 +301,7 @@ class TKEClosure(AbstractParameterization, AbstractCloudSource):
 
     ``moist=False`` (the dry cases): water vapour only, never condensing
     (``physics.thermodynamics.condensation``): no cloud, no cloud diagnostics, and a plume
-    that stays dry; the program then holds none of the moist parts (a third less time per
+    that stays dry; the program then holds none of the moist parts (about 40 % less time per
     step in GABLS1), and for air far from saturation its results are those of
     ``moist=True``.
     """

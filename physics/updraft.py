@@ -243,9 +243,15 @@ class MassFluxUpdraft(eqx.Module):
         levels = (*pairs(state.thl), *pairs(state.qt), *pairs(state.u), *pairs(state.v),
                   theta_v[1:], pressure[1:], exner[1:], rho[1:], z[1:], jnp.diff(z),
                   *pairs(dry_entrainment))
-        _, (rest, w2_raw) = recurrence(step, first, levels)
+        # the loop stops where the plume does (alive is the carry's last entry); above, the
+        # plume's conserved variables are the environment's
+        _, (rest, w2_raw) = recurrence(step, first, levels, active=lambda carry: carry[-1])
         thl_u, qt_u, u_u, v_u, liquid, thv_u, w2, mass, _, alive = (
             jnp.concatenate([jnp.reshape(f, (1,)), r]) for f, r in zip(first, rest, strict=True))
+        thl_u, qt_u, u_u, v_u, thv_u = (
+            jnp.where(alive, x, mean_x) for x, mean_x in
+            ((thl_u, state.thl), (qt_u, state.qt), (u_u, state.u), (v_u, state.v),
+             (thv_u, theta_v)))
         alive = alive.astype(z.dtype)
         w = jnp.sqrt(w2 + _TINY) * alive
         area = mass / (rho * jnp.maximum(w, 1.0e-3)) * alive

@@ -85,12 +85,20 @@ def use_kernel(name: str | None):
 # recurrence
 
 
-def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse: bool = False):
+def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse: bool = False,
+               active: Callable | None = None):
     """``carry, ys = recurrence(step, init, xs)``: ``step(carry, x) -> (carry, y)`` applied
     level by level along the leading axis of ``xs`` (bottom to top; top to bottom with
     ``reverse``), or ``length`` times without inputs; the ``ys`` are stacked. The contract
     of ``jax.lax.scan``, with first derivatives in forward and reverse mode by rule (module
-    docstring); ``step`` may close over arrays and tracers (they become inputs)."""
+    docstring); ``step`` may close over arrays and tracers (they become inputs).
+
+    ``active(carry) -> bool`` (a function of the carry alone) makes a loop that can stop, such
+    as a plume that has run out of buoyancy: ``step`` is applied only while the carry entering
+    a level is active; from the first level where it is not, the carry is kept and that
+    level's outputs and every later level's are zero. Under ``vmap`` the batched loop (and
+    its tangent and adjoint loops) then ends at the last level where some column is still
+    active, instead of stepping every level for columns that have all stopped."""
     init = jax.tree.map(jnp.asarray, init)
     xs = jax.tree.map(jnp.asarray, xs)
     leaves = jax.tree.leaves(xs)
@@ -100,7 +108,25 @@ def recurrence(step: Callable, init, xs=None, length: int | None = None, reverse
         length = leaves[0].shape[0]
     x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
     fn, consts = _explicit(step, init, x)
-    return _differentiable_scan(fn, int(length), bool(reverse))(consts, init, xs)
+    if active is not None:
+        active = _carry_predicate(active, init)
+    return _differentiable_scan(fn, int(length), bool(reverse), active)(consts, init, xs)
+
+
+def _carry_predicate(active: Callable, init) -> Callable:
+    """``active`` checked to be a boolean of the carry alone (closed-over tracers would be
+    invisible to the batching rules), evaluated from its jaxpr."""
+    closed, out = jax.make_jaxpr(active, return_shape=True)(init)
+    if out.shape != () or out.dtype != jnp.bool_:
+        raise TypeError(f"recurrence: active must return one boolean; got {out}")
+    if any(isinstance(c, jax.core.Tracer) for c in closed.consts):
+        raise TypeError("recurrence: active must be a function of the carry alone (it closes "
+                        "over a traced value; carry that value instead)")
+
+    def predicate(carry):
+        return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree.leaves(carry))[0]
+
+    return predicate
 
 
 def _explicit(step, init, x):
@@ -123,12 +149,12 @@ def _explicit(step, init, x):
     return fn, list(closed.consts)
 
 
-def _differentiable_scan(fn, length: int, reverse: bool):
+def _differentiable_scan(fn, length: int, reverse: bool, active: Callable | None):
     """The scan of ``fn`` with its derivative rule (a ``custom_jvp`` of its arrays)."""
 
     @jax.custom_jvp
     def run(consts, init, xs):
-        return _scan(fn, length, reverse, consts, init, xs)
+        return _scan(fn, length, reverse, consts, init, xs, active=active)[:2]
 
     def run_jvp(primals, tangents):
         consts, init, xs = primals
@@ -152,7 +178,11 @@ def _differentiable_scan(fn, length: int, reverse: bool):
             new, y = fn(k, c, x)
             return new, (y, c)
 
-        carry, (ys, history) = _scan(with_history, length, reverse, consts, init, xs)
+        # the tangent and adjoint loops step the levels the primal loop stepped, no others
+        carry, (ys, history), stepped = _scan(with_history, length, reverse, consts, init, xs,
+                                              active=active)
+        along, against = ((None, None) if active is None else
+                          ((stepped, True), (stepped, False)))
         outs = (carry, ys)
         diff_out = _differentiable(outs)
 
@@ -164,7 +194,8 @@ def _differentiable_scan(fn, length: int, reverse: bool):
                 _, out_dot = jax.jvp(fn, primal, tangent)
                 return _select(out_dot, diff_out)
 
-            return _scan(tangent_step, length, reverse, (consts, dk), dc, (history, xs, dxs))
+            return _scan(tangent_step, length, reverse, (consts, dk), dc, (history, xs, dxs),
+                         limit=along)[:2]
 
         def adjoint_map(gcarry, gys):
             # each level's pullback is rebuilt from the stored carry: storing the pullbacks'
@@ -182,8 +213,8 @@ def _differentiable_scan(fn, length: int, reverse: bool):
                 return (dc, jax.tree.map(jnp.add, gk, dk)), dx
 
             gk0 = _zeros_like(_select((consts,), diff_in[:1])[0])
-            (gc0, gk), gxs = _scan(adjoint_step, length, not reverse, consts, (gcarry, gk0),
-                                   (history, xs, gys))
+            (gc0, gk), gxs, _ = _scan(adjoint_step, length, not reverse, consts,
+                                      (gcarry, gk0), (history, xs, gys), limit=against)
             return gk, gc0, gxs
 
         # tangent_map and adjoint_map are transposes of each other. lax.custom_linear_solve
@@ -283,13 +314,40 @@ class _Flat:
 # the batched scan and its kernels
 
 
-def _scan(fn, length: int, reverse: bool, consts, init, xs):
+def _scan(fn, length: int, reverse: bool, consts, init, xs, active=None, limit=None):
     """``lax.scan(fn(consts, ·, ·), init, xs)`` for one column; under ``vmap``, the batched
-    kernel of the backend on the whole (columns, levels) problem."""
+    kernel of the backend on the whole (columns, levels) problem. Returns (carry, ys, number
+    of levels stepped).
+
+    With ``active`` (a predicate of the carry, see ``recurrence``) a level is stepped only
+    while the carry entering it is active. With ``limit = (stepped, along)`` only the first
+    ``stepped`` levels of an earlier loop with ``active`` are stepped, by a loop that runs
+    ``along`` that loop's direction (its tangent) or against it (its adjoint). A level not
+    stepped keeps the carry and has zero outputs; the XLA kernel skips the levels that no
+    column steps."""
+    if active is None and limit is None:
+        guarded, count = fn, None
+        positions = None
+    else:
+        # each level's position in the order of the loop that decided which levels to step
+        first_reverse = reverse if active is not None or limit[1] else not reverse
+        positions = np.arange(length, dtype=np.int32)
+        positions = positions[::-1].copy() if first_reverse else positions
+        count = jnp.zeros((), jnp.int32) if limit is None else limit[0]
+
+        def guarded(k, c, x):
+            (k, bound), (c, n), (x, position) = k, c, x
+            on = active(c) if active is not None else position < bound
+            new, y = fn(k, c, x)
+            new = jax.tree.map(lambda a, b: jnp.where(on, a, b), new, c)
+            y = jax.tree.map(lambda a: jnp.where(on, a, jnp.zeros_like(a)), y)
+            return (new, n + on.astype(jnp.int32)), y
+
+        consts, init, xs = (consts, count), (init, jnp.zeros((), jnp.int32)), (xs, positions)
 
     @jax.custom_batching.custom_vmap
     def run(consts, init, xs):
-        return jax.lax.scan(functools.partial(fn, consts), init, xs, length=length,
+        return jax.lax.scan(functools.partial(guarded, consts), init, xs, length=length,
                             reverse=reverse)
 
     @run.def_vmap
@@ -297,13 +355,16 @@ def _scan(fn, length: int, reverse: bool, consts, init, xs):
         consts_batched, init_batched, xs_batched = in_batched
         init = jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)),
                             init, init_batched)
-        kernel = functools.partial(_scan_xla, fn, length, reverse, consts_batched, xs_batched)
-        pallas = functools.partial(_scan_pallas, fn, length, reverse, consts_batched,
+        skip = None if count is None else (active, first_reverse)
+        kernel = functools.partial(_scan_xla, guarded, length, reverse, consts_batched,
+                                   xs_batched, skip)
+        pallas = functools.partial(_scan_pallas, guarded, length, reverse, consts_batched,
                                    xs_batched)
         out = _choose(kernel, pallas, consts, init, xs)
         return out, jax.tree.map(lambda _: True, out)
 
-    return run(consts, init, xs)
+    carry, ys = run(consts, init, xs)
+    return (carry, ys, None) if count is None else (carry[0], ys, carry[1])
 
 
 def _choose(xla: Callable, pallas: Callable, *args):
@@ -329,23 +390,68 @@ def _has_cuda() -> bool:
         return False
 
 
-def _scan_xla(fn, length, reverse, consts_batched, xs_batched, consts, init, xs):
+def _scan_xla(fn, length, reverse, consts_batched, xs_batched, skip, consts, init, xs):
     """The XLA kernel: a scan over levels whose body is ``fn`` vmapped over the columns.
 
     ``init`` has the columns first and ``xs`` (batched leaves) are ``(columns, levels,
     ...)``; inside, the levels go first and the columns last, so that every number of a
-    level is one contiguous vector over the columns."""
+    level is one contiguous vector over the columns. With ``skip = (active, first_reverse)``
+    (a guarded loop of ``_scan``) it is a while loop over the levels that some column steps
+    (``_while_stepped``)."""
     axes = jax.tree.map(lambda b: -1 if b else None, (consts_batched, xs_batched))
-    step = jax.vmap(fn, in_axes=(axes[0], -1, axes[1]), out_axes=-1)
     consts = jax.tree.map(lambda a, b: jnp.moveaxis(a, 0, -1) if b else a, consts,
                           consts_batched)
+    step = functools.partial(jax.vmap(fn, in_axes=(axes[0], -1, axes[1]), out_axes=-1), consts)
     xs = jax.tree.map(lambda a, b: jnp.moveaxis(jnp.moveaxis(a, 1, 0), 1, -1) if b else a,
                       xs, xs_batched)
-    carry, ys = jax.lax.scan(functools.partial(step, consts),
-                             jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), init), xs,
-                             length=length, reverse=reverse)
+    carry = jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), init)
+    if skip is None:
+        carry, ys = jax.lax.scan(step, carry, xs, length=length, reverse=reverse)
+    else:
+        carry, ys = _while_stepped(step, length, reverse, *skip, consts[1], carry, xs)
     return (jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), carry),
             jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), ys))
+
+
+def _while_stepped(step, length, reverse, active, first_reverse, bound, carry, xs):
+    """The levels of a guarded loop (``_scan``) that some column steps, in a while loop
+    (levels first, columns last): while some carry is ``active``, or the positions below the
+    largest ``bound`` in the order of the loop that decided them (``first_reverse``: top
+    down). The outputs of the levels it skips are zero, as the guard makes them."""
+    if active is not None:  # the deciding loop: on while some column is still active
+        trips = length
+
+        def more(carry):
+            return jnp.any(jax.vmap(active, in_axes=-1)(carry[0]))
+    else:  # a limited loop: the positions below the largest bound, in either direction
+        trips = jnp.clip(jnp.max(bound), 0, length)
+
+        def more(carry):
+            return True
+    along = reverse == first_reverse
+
+    def level(i):
+        position = i if along else trips - 1 - i
+        return length - 1 - position if first_reverse else position
+
+    y_shape = jax.eval_shape(lambda c, x: step(c, x)[1], carry,
+                             jax.tree.map(lambda a: a[0], xs))
+    ys = jax.tree.map(lambda a: jnp.zeros((length, *a.shape), a.dtype), y_shape)
+
+    def body(state):
+        i, carry, ys = state
+        k = level(i)
+        carry, y = step(carry, jax.tree.map(
+            lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), xs))
+        ys = jax.tree.map(lambda a, b: jax.lax.dynamic_update_index_in_dim(a, b, k, 0), ys, y)
+        return i + 1, carry, ys
+
+    def cond(state):
+        i, carry, _ = state
+        return (i < trips) & more(carry)
+
+    _, carry, ys = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), carry, ys))
+    return carry, ys
 
 
 def _scan_pallas(fn, length, reverse, consts_batched, xs_batched, consts, init, xs, *,

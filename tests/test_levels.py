@@ -18,20 +18,37 @@ from scm.levels import recurrence, tridiagonal_solve, use_kernel
 KERNELS = ("xla", "pallas_interpret")
 
 
-def plume(params, x0, forcing, scan=recurrence, reverse=False):
+def plume(params, x0, forcing, scan=recurrence, reverse=False, stops=False):
     """A plume-like loop: a nonlinear carry, a boolean that switches it off for good, an
-    integer counter, two stacked outputs and parameters closed over."""
+    integer counter, two stacked outputs and parameters closed over. With ``stops`` the loop
+    ends where the boolean switches off (``recurrence``'s ``active``; for ``lax.scan`` the
+    same written out: the carry kept and zero outputs from there on), and a higher threshold
+    stops the columns of the ``columns`` fixture at levels 0, 3 and 6 of 11 going up (each
+    before the top, so the batched loop ends early), at 0, 6 and 11 going down."""
     a, b = params
+    threshold = 0.0 if stops else -0.8
 
     def step(carry, level):
         h, alive, count = carry
         x, y = level
         new = jnp.tanh(a * h + b * x) + 0.1 * y * h
-        alive = alive & (new > -0.8)
+        alive = alive & (new > threshold)
         return (jnp.where(alive, new, h), alive, count + alive), (new * new, alive)
 
-    (h, alive, count), (ys, flags) = scan(step, (x0, jnp.asarray(True), jnp.asarray(0)),
-                                          forcing, reverse=reverse)
+    def stopped(carry, level):
+        new, ys = step(carry, level)
+        keep = carry[1]
+        return (jax.tree.map(lambda n, c: jnp.where(keep, n, c), new, carry),
+                jax.tree.map(lambda y: jnp.where(keep, y, jnp.zeros_like(y)), ys))
+
+    init = (x0, jnp.asarray(True), jnp.asarray(0))
+    if not stops:
+        run = scan(step, init, forcing, reverse=reverse)
+    elif scan is recurrence:
+        run = recurrence(step, init, forcing, reverse=reverse, active=lambda c: c[1])
+    else:
+        run = scan(stopped, init, forcing, reverse=reverse)
+    (h, alive, count), (ys, flags) = run
     return h + jnp.sum(ys) + 0.01 * count + 0.1 * jnp.sum(flags)
 
 
@@ -43,20 +60,21 @@ def columns(rng):
     return params, x0, forcing
 
 
-def batched(scan, reverse=False):
-    return lambda p, x0, f: jax.vmap(lambda x, g: plume(p, x, g, scan, reverse))(x0, f)
+def batched(scan, reverse=False, stops=False):
+    return lambda p, x0, f: jax.vmap(lambda x, g: plume(p, x, g, scan, reverse, stops))(x0, f)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_recurrence_equals_scan_with_its_derivatives(columns, reverse):
+@pytest.mark.parametrize(("reverse", "stops"), [(False, False), (True, False), (False, True),
+                                                (True, True)])
+def test_recurrence_equals_scan_with_its_derivatives(columns, reverse, stops):
     params, x0, forcing = columns
-    want, got = batched(jax.lax.scan, reverse), batched(recurrence, reverse)
+    want, got = batched(jax.lax.scan, reverse, stops), batched(recurrence, reverse, stops)
     np.testing.assert_allclose(jax.jit(got)(params, x0, forcing), want(params, x0, forcing),
                                rtol=1e-15)
     # one column, no vmap
     one = (params, x0[0], jax.tree.map(lambda a: a[0], forcing))
-    np.testing.assert_allclose(plume(*one, recurrence, reverse), plume(*one, reverse=reverse),
-                               rtol=1e-15)
+    np.testing.assert_allclose(plume(*one, recurrence, reverse, stops),
+                               plume(*one, jax.lax.scan, reverse, stops), rtol=1e-15)
     # reverse mode, forward mode, vmap of grad
     sums = (lambda f: lambda *a: jnp.sum(f(*a)))  # noqa: E731
     g_want = jax.grad(sums(want), argnums=(0, 1, 2))(params, x0, forcing)
@@ -66,10 +84,12 @@ def test_recurrence_equals_scan_with_its_derivatives(columns, reverse):
     for a, b in zip(jax.tree.leaves((g_got, j_got)), jax.tree.leaves((g_want, j_want)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
-    per_column = jax.jit(jax.vmap(jax.grad(lambda p, x, f: plume(p, x, f, recurrence, reverse)),
-                                  in_axes=(None, 0, 0)))(params, x0, forcing)
-    per_column_want = jax.vmap(jax.grad(lambda p, x, f: plume(p, x, f, reverse=reverse)),
-                               in_axes=(None, 0, 0))(params, x0, forcing)
+    per_column = jax.jit(jax.vmap(jax.grad(
+        lambda p, x, f: plume(p, x, f, recurrence, reverse, stops)), in_axes=(None, 0, 0)))(
+            params, x0, forcing)
+    per_column_want = jax.vmap(jax.grad(
+        lambda p, x, f: plume(p, x, f, jax.lax.scan, reverse, stops)), in_axes=(None, 0, 0))(
+            params, x0, forcing)
     for a, b in zip(jax.tree.leaves(per_column), jax.tree.leaves(per_column_want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
 
@@ -120,13 +140,15 @@ def under(kernel, fn, *args):
         return jax.jit(lambda *a: fn(*a))(*args)
 
 
-def test_pallas_recurrence_equals_xla(columns):
+@pytest.mark.parametrize("stops", [False, True])
+def test_pallas_recurrence_equals_xla(columns, stops):
     params, x0, forcing = columns
-    loss = lambda p, x, f: jnp.sum(batched(recurrence)(p, x, f) ** 2)  # noqa: E731
+    run = batched(recurrence, stops=stops)
+    loss = lambda p, x, f: jnp.sum(run(p, x, f) ** 2)  # noqa: E731
     gradient = jax.grad(loss, argnums=(0, 1, 2))
-    tangent = lambda p, x, f: jax.jvp(lambda x: batched(recurrence)(p, x, f), (x,),  # noqa: E731
+    tangent = lambda p, x, f: jax.jvp(lambda x: run(p, x, f), (x,),  # noqa: E731
                                       (jnp.ones_like(x),))
-    results = {k: (under(k, batched(recurrence), params, x0, forcing),
+    results = {k: (under(k, run, params, x0, forcing),
                    under(k, gradient, params, x0, forcing),
                    under(k, tangent, params, x0, forcing)) for k in KERNELS}
     for a, b in zip(*(jax.tree.leaves(results[k]) for k in KERNELS), strict=True):

@@ -356,7 +356,7 @@ def _scan(fn, length: int, reverse: bool, consts, init, xs, active=None, limit=N
         init = jax.tree.map(lambda a, b: a if b else jnp.broadcast_to(a, (axis_size, *a.shape)),
                             init, init_batched)
         skip = None if count is None else (active, first_reverse)
-        kernel = functools.partial(_scan_xla, guarded, length, reverse, consts_batched,
+        kernel = functools.partial(_xla_kernel, guarded, length, reverse, consts_batched,
                                    xs_batched, skip)
         pallas = functools.partial(_scan_pallas, guarded, length, reverse, consts_batched,
                                    xs_batched)
@@ -411,6 +411,27 @@ def _scan_xla(fn, length, reverse, consts_batched, xs_batched, skip, consts, ini
         carry, ys = _while_stepped(step, length, reverse, *skip, consts[1], carry, xs)
     return (jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), carry),
             jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), ys))
+
+
+def _xla_kernel(fn, length, reverse, consts_batched, xs_batched, skip, consts, init, xs):
+    """``_scan_xla``, except that a guarded loop no column steps at all (no plume anywhere)
+    returns at once, without moving its inputs and outputs between the layouts (which costs
+    as much as stepping half the levels)."""
+    kernel = functools.partial(_scan_xla, fn, length, reverse, consts_batched, xs_batched,
+                               skip, consts)
+    if skip is None:
+        return kernel(init, xs)
+    active, _ = skip
+    if active is not None:
+        some = jnp.any(jax.vmap(active)(init[0]))
+    else:
+        some = jnp.max(consts[1]) > 0
+    out_shape = jax.eval_shape(kernel, init, xs)
+
+    def nothing(init, xs):
+        return init, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), out_shape[1])
+
+    return jax.lax.cond(some, kernel, nothing, init, xs)
 
 
 def _while_stepped(step, length, reverse, active, first_reverse, bound, carry, xs):

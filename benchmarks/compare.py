@@ -85,16 +85,20 @@ def summarize(script: str, runs: dict) -> list[dict]:
             add(f"first call, {c} columns", "s",
                 lambda r, c=c: (find(r["rollout"], "columns", c) or {}).get("first_call_s"),
                 True)
+        def gradient_row(r, c, wrt):  # rows without the field: with respect to "all"
+            return next((g for g in r["gradient"] if g["columns"] == c
+                         and g.get("with_respect_to", "all") == wrt), {})
+
         for row in first["gradient"]:
-            c = row["columns"]
+            c, wrt = row["columns"], row.get("with_respect_to", "all")
+            label = "" if wrt == "all" else f" ({wrt})"
             for key, what in (("forward_s", "forward"), ("gradient_s", "gradient"),
-                              ("gradient_compile_s", "gradient compile")):
-                add(f"{row['steps']}-step {what}, {c} columns", "s",
-                    lambda r, c=c, key=key: (find(r["gradient"], "columns", c) or {}).get(key),
-                    True)
-            add(f"{row['steps']}-step gradient / forward, {c} columns", "",
-                lambda r, c=c: (find(r["gradient"], "columns", c) or {}).get(
-                    "gradient_over_forward"), True)
+                              ("gradient_compile_s", "gradient compile"),
+                              ("gradient_over_forward", "gradient / forward")):
+                if wrt != "all" and key == "forward_s":
+                    continue
+                add(f"{row['steps']}-step {what}{label}, {c} columns", "s" * (key[-1] == "s"),
+                    lambda r, c=c, wrt=wrt, key=key: gradient_row(r, c, wrt).get(key), True)
     elif script == "training.py":
         first = runs["new"][0]
         for name in first["training"]:

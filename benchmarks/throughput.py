@@ -10,8 +10,10 @@ JAX picks:
   run) and the steady state (best and median of repeated calls, ``block_until_ready``), as
   column-steps per second;
 - **gradient**: a 1000-step rollout loss (mean squared change of the final θ) forward, and its
-  gradient with respect to the initial states and every parameter of the model (as in online
-  training), at 64 and 1024 columns;
+  gradient with respect to the initial states and every float array of the model, the
+  grid's geometry included (``--gradient-wrt all``), or every one but the grid's
+  (``parameters``: the schemes' parameters, what online training differentiates, as a
+  network's weights; the grid is held fixed), at 64 and 1024 columns;
 - **profile** (``--profile``): the parts of one step timed on their own at one column count,
   to show where the time goes.
 
@@ -74,11 +76,20 @@ def end_state_rollout(model, states, forcing, dt, n_steps: int, devices=None):
     return map_columns(one, (None, 0, None, None), model, states, forcing, dt, devices=devices)
 
 
-def rollout_loss(model_and_states, forcing, dt, n_steps: int, devices=None):
-    """Mean squared change of the final θ over all columns and levels."""
+def rollout_loss(model_and_states, forcing, dt, n_steps: int, devices=None, held=None):
+    """Mean squared change of the final θ over all columns and levels (``held``: the parts
+    of the model not differentiated, to combine with the first argument's)."""
     model, states = model_and_states
+    if held is not None:
+        model = eqx.combine(model, held)
     final, _ = end_state_rollout(model, states, forcing, dt, n_steps, devices)
     return jnp.mean((final.thl - states.thl) ** 2)
+
+
+def without_grid(model):
+    """A filter of ``model`` for ``eqx.partition``: every float array but the grid's."""
+    spec = jax.tree.map(eqx.is_inexact_array, model)
+    return eqx.tree_at(lambda m: m.grid, spec, jax.tree.map(lambda _: False, model.grid))
 
 
 def timed(fn, *args, repeats: int):
@@ -141,12 +152,16 @@ def measure_rollout(case, n_columns: int, n_steps: int, repeats: int, devices=No
     }
 
 
-def measure_gradient(case, n_columns: int, n_steps: int, repeats: int, devices=None) -> dict:
+def measure_gradient(case, n_columns: int, n_steps: int, repeats: int, devices=None,
+                     wrt: str = "all") -> dict:
     states = column_states(case.state0, n_columns)
     dt = jnp.asarray(case.dt, case.state0.thl.dtype)
     forward = eqx.filter_jit(rollout_loss)
     gradient = eqx.filter_jit(eqx.filter_value_and_grad(rollout_loss))
-    args = ((case.model, states), case.forcing, dt, n_steps, devices)
+    model, held = case.model, None
+    if wrt == "parameters":
+        model, held = eqx.partition(case.model, without_grid(case.model))
+    args = ((model, states), case.forcing, dt, n_steps, devices, held)
     f, loss = timed(forward, *args, repeats=repeats)
     g, (loss_g, grads) = timed(gradient, *args, repeats=repeats)
     leaves = [np.asarray(x) for x in jax.tree.leaves(grads)]
@@ -154,6 +169,7 @@ def measure_gradient(case, n_columns: int, n_steps: int, repeats: int, devices=N
     return {
         "columns": n_columns,
         "steps": n_steps,
+        "with_respect_to": wrt,
         "forward_first_call_s": f["first_call_s"],
         "forward_compile_s": f["trace_s"] + f["compile_s"],
         "forward_s": f_best,
@@ -326,16 +342,19 @@ def markdown(result: dict) -> str:
             "",
             "## Forward vs gradient of a rollout loss",
             "",
-            "Loss: mean squared change of the final θ; gradient with respect to the initial "
-            "states and all model parameters (`eqx.filter_value_and_grad`).",
+            "Loss: mean squared change of the final θ; gradient "
+            "(`eqx.filter_value_and_grad`) with respect to the initial states and every float "
+            "array of the model (*all*, the grid's geometry included) or every one but the "
+            "grid's (*parameters*).",
             "",
-            "| columns | steps | forward: compile (s) | forward (s) | gradient: compile (s) "
-            "| gradient (s) | gradient / forward |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| columns | steps | with respect to | forward: compile (s) | forward (s) "
+            "| gradient: compile (s) | gradient (s) | gradient / forward |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for r in result["gradient"]:
             lines.append(
-                f"| {r['columns']} | {r['steps']} | {r['forward_compile_s']:.2f} | "
+                f"| {r['columns']} | {r['steps']} | {r.get('with_respect_to', 'all')} | "
+                f"{r['forward_compile_s']:.2f} | "
                 f"{r['forward_s']:.3f} | {r['gradient_compile_s']:.2f} | "
                 f"{r['gradient_s']:.3f} | {r['gradient_over_forward']:.2f} |"
             )
@@ -390,6 +409,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="steady-state repetitions")
     parser.add_argument("--gradient-columns", type=int, nargs="*", default=[64, 1024])
     parser.add_argument("--gradient-steps", type=int, default=1000)
+    parser.add_argument("--gradient-wrt", nargs="*", choices=("all", "parameters"),
+                        default=["all", "parameters"],
+                        help="what the gradient is taken with respect to (module docstring)")
     parser.add_argument(
         "--gradient-repeats",
         type=int,
@@ -463,13 +485,13 @@ def main(argv=None) -> dict:
             f"steady {r['steady_best_s']:.4f} s, {r['column_steps_per_s']:.3g} column-steps/s",
             flush=True,
         )
-    for n in args.gradient_columns:
-        r = measure_gradient(case, n, args.gradient_steps, args.gradient_repeats, devices)
+    for n, wrt in ((n, wrt) for n in args.gradient_columns for wrt in args.gradient_wrt):
+        r = measure_gradient(case, n, args.gradient_steps, args.gradient_repeats, devices, wrt)
         result["gradient"].append(r)
         save()
         elapsed = time.perf_counter() - start
         print(
-            f"[{elapsed:4.0f} s] gradient {n:7d} columns x {args.gradient_steps} steps: "
+            f"[{elapsed:4.0f} s] gradient ({wrt}) {n:7d} columns x {args.gradient_steps} steps: "
             f"forward {r['forward_s']:.3f} s, gradient {r['gradient_s']:.3f} s "
             f"({r['gradient_over_forward']:.2f}x; compile {r['forward_compile_s']:.1f} s, "
             f"{r['gradient_compile_s']:.1f} s)",

@@ -37,7 +37,8 @@ condensation level and gains buoyancy from the latent heat.
   keeping its mass flux at a vanishing velocity, whose area M/(ρ wu) would then blow up):
   φu,hi − φ̄hi = (φu,lo − φ̄lo) e^(−εΔz) − (1 − c_p)(φ̄hi − φ̄lo)(1 − e^(−εΔz))/(εΔz),
   and wu² likewise with the buoyancy averaged over the layer; the loop is
-  ``scm.levels.recurrence``. The plume stops where wu² reaches zero (the top is interpolated).
+  ``scm.levels.recurrence``. The plume stops where wu² reaches zero (the top is interpolated),
+  and so does the loop (``active``): batched, it runs up to the highest plume's top only.
 
 ``interface_fluxes`` turns the plume into the explicit mass-flux fluxes M (φu − φ̄) on
 interfaces: φu from the centre below (the plume rises), φ̄ reconstructed on the interface from

@@ -38,6 +38,13 @@ runs a batched kernel chosen for the backend when the program is lowered
   own transposition picks the adjoint kernel. Inputs that nothing differentiates (a
   bisection's bracket, under ``stop_gradient``) get no tangent or adjoint loop at all.
 
+**Loops that stop** (``recurrence(..., active=)``, the updraft plume): a level is stepped only
+while the carry entering it is active, and a batched loop is a ``while`` loop that ends at the
+last level some column steps, its tangent and adjoint loops stepping only the levels the
+primal loop stepped; where no column steps at all (no plume anywhere, as in every stable
+column) the XLA kernel returns at once, without moving inputs and outputs between layouts.
+The Pallas kernel steps every level under the same guard (the same results).
+
 Every kernel runs the same step functions, so the backends differ by round-off only (the
 XLA kernels give the results of a plain ``lax.scan`` under ``vmap`` bit for bit, measured).
 """

@@ -377,6 +377,37 @@ def test_tke_closure_neutral_surface_layer_carries_the_log_law():
     np.testing.assert_allclose(out.diffusivity.tracers["tke"][1:-1], 2 * expected, rtol=1e-9)
 
 
+def test_updraft_batched_over_columns_whose_plumes_stop_at_different_levels(column):
+    """The plume's loop stops where the highest plume does (``recurrence(active=)``): vmapped
+    over columns heated differently (one cooled, no plume) it equals each column alone, and
+    so does its gradient."""
+    grid, state = column["grid"], column["states"][0]
+    closure = column["schemes"]["tke_flux"]
+    heat_flux = jnp.asarray([-0.02, 0.002, 0.03, 0.3], grid.z.dtype)  # K m/s
+    forcings = jax.tree.map(lambda a: jnp.stack([a] * len(heat_flux)), column["forcings"][0])
+    forcings = eqx.tree_at(lambda f: f.surface_heat_flux, forcings, heat_flux)
+
+    def top_and_flux(state, forcing):
+        out = closure(state, forcing, grid)
+        return out.diagnostics["updraft_top_height"], out.flux.thl
+
+    def loss(state, forcing):
+        top, flux = top_and_flux(state, forcing)
+        return jnp.sum(flux[1:-1] ** 2) + 1e-6 * top
+
+    tops, fluxes = jax.jit(jax.vmap(top_and_flux, (None, 0)))(state, forcings)
+    grads = jax.jit(jax.vmap(jax.grad(loss), (None, 0)))(state, forcings)
+    assert float(tops[0]) == 0.0 and len(set(np.asarray(tops[1:]).tolist())) == 3
+    for c in range(len(heat_flux)):
+        one = jax.tree.map(lambda a, c=c: a[c], forcings)
+        top, flux = top_and_flux(state, one)
+        np.testing.assert_allclose(tops[c], top, rtol=1e-12)
+        np.testing.assert_allclose(fluxes[c], flux, rtol=1e-12, atol=1e-15)
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda g, c=c: g[c], grads)),
+                        jax.tree.leaves(jax.grad(loss)(state, one)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
 def test_tke_closure_updraft_only_under_surface_heating(column):
     grid = column["grid"]
     state = column["states"][0]

@@ -129,6 +129,15 @@ def test_recurrence_refuses_a_carry_that_changes_type():
         recurrence(lambda c, x: (c.astype(jnp.float32), x), jnp.asarray(0), jnp.ones(3))
 
 
+def test_recurrence_refuses_an_active_that_is_not_a_boolean_of_the_carry():
+    step = lambda c, x: (c + x, c)  # noqa: E731
+    with pytest.raises(TypeError, match="one boolean"):
+        recurrence(step, jnp.asarray(0.0), jnp.ones(3), active=lambda c: c)
+    with pytest.raises(TypeError, match="carry alone"):
+        jax.jit(lambda limit: recurrence(step, jnp.asarray(0.0), jnp.ones(3),
+                                         active=lambda c: c < limit))(2.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pallas kernels against the XLA kernel
 

@@ -124,6 +124,24 @@ def test_recurrence_without_inputs_and_nested_vmap(rng):
     np.testing.assert_array_equal(jax.jit(lambda: both(recurrence))(), both(jax.lax.scan))
 
 
+def test_stopping_recurrence_under_nested_vmap(rng):
+    # batched twice, the inner batching rule's while loop and its shortcut are vmapped again
+    params = (jnp.asarray(0.7), jnp.asarray(-0.3))
+    x0 = jnp.asarray(rng.normal(size=(3, 4)))
+    forcing = (jnp.asarray(rng.normal(size=(3, 4, 11))), jnp.asarray(rng.normal(size=(3, 4, 11))))
+
+    def both(scan, params):
+        inner = lambda x, f: plume(params, x, f, scan, stops=True)  # noqa: E731
+        return jax.vmap(jax.vmap(inner))(x0, forcing)
+
+    np.testing.assert_allclose(jax.jit(lambda p: both(recurrence, p))(params),
+                               both(jax.lax.scan, params), rtol=1e-14)
+    gradient = jax.jit(jax.grad(lambda p: jnp.sum(both(recurrence, p))))(params)
+    want = jax.grad(lambda p: jnp.sum(both(jax.lax.scan, p)))(params)
+    for a, b in zip(gradient, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
 def test_recurrence_refuses_a_carry_that_changes_type():
     with pytest.raises(TypeError, match="carry"):
         recurrence(lambda c, x: (c.astype(jnp.float32), x), jnp.asarray(0), jnp.ones(3))

@@ -92,12 +92,12 @@ def summarize(script: str, runs: dict) -> list[dict]:
         for row in first["gradient"]:
             c, wrt = row["columns"], row.get("with_respect_to", "all")
             label = "" if wrt == "all" else f" ({wrt})"
-            for key, what in (("forward_s", "forward"), ("gradient_s", "gradient"),
-                              ("gradient_compile_s", "gradient compile"),
-                              ("gradient_over_forward", "gradient / forward")):
+            for key, what, unit in (("forward_s", "forward", "s"), ("gradient_s", "gradient", "s"),
+                                    ("gradient_compile_s", "gradient compile", "s"),
+                                    ("gradient_over_forward", "gradient / forward", "")):
                 if wrt != "all" and key == "forward_s":
                     continue
-                add(f"{row['steps']}-step {what}{label}, {c} columns", "s" * (key[-1] == "s"),
+                add(f"{row['steps']}-step {what}{label}, {c} columns", unit,
                     lambda r, c=c, wrt=wrt, key=key: gradient_row(r, c, wrt).get(key), True)
     elif script == "training.py":
         first = runs["new"][0]

@@ -334,7 +334,6 @@ def _scan(fn, length: int, reverse: bool, consts, init, xs, active=None, limit=N
     column steps."""
     if active is None and limit is None:
         guarded, count = fn, None
-        positions = None
     else:
         # each level's position in the order of the loop that decided which levels to step
         first_reverse = reverse if active is not None or limit[1] else not reverse

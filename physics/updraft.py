@@ -53,6 +53,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -68,7 +69,7 @@ from scm.constants import GRAVITY
 from scm.errors import check_range
 from scm.fastmath import cube_root
 from scm.grid import ColumnGrid
-from scm.levels import recurrence
+from scm.levels import any_column, recurrence
 from scm.state import State, as_float
 
 #: Floor on wu² (m2 s-2) where the buoyancy-sorting rates divide by it (SCAMPy's value).
@@ -155,10 +156,17 @@ class MassFluxUpdraft(eqx.Module):
                  surface: SurfaceFluxes, moist: bool = True) -> UpdraftProfile:
         """The plume of a column with grid-mean thermodynamics ``mean``; without ``moist`` it
         never condenses (``physics.thermodynamics.condensation``), and the in-cloud parts of
-        the plume are left out of the program rather than computed for nothing."""
+        the plume are left out of the program rather than computed for nothing. A batch of
+        columns none of which is heated from below (stable nights, GABLS1) skips the plume
+        altogether (``scm.levels.any_column``)."""
+        active = surface.buoyancy_flux > 0
+        return jax.lax.cond(any_column(active),
+                            lambda: self._rise(state, grid, mean, surface, active, moist),
+                            lambda: _no_plume(state, mean.theta_v))
+
+    def _rise(self, state, grid, mean, surface, active, moist):
         z, rho, pressure, exner = grid.z, grid.rho, grid.pressure, grid.exner
         theta_v = mean.theta_v
-        active = surface.buoyancy_flux > 0
         heating = jnp.maximum(surface.buoyancy_flux, 0.0)
         buoyancy_parameter = GRAVITY / theta_v[0]
         sigma_w = 1.3 * cube_root(surface.ustar**3 + 0.6 * buoyancy_parameter * heating * z[0]
@@ -307,10 +315,29 @@ class MassFluxUpdraft(eqx.Module):
             return jnp.concatenate([zero, mass * (updraft[:-1] - subsiding_face_values(mean)),
                                     zero])
 
-        untouched = {name: jnp.zeros_like(grid.z_interface) for name in state.tracers}
-        return (State(flux(plume.u, state.u), flux(plume.v, state.v), flux(plume.thl, state.thl),
-                      flux(plume.qt, state.qt), untouched),
-                flux(plume.theta_v, theta_v))
+        def transport():
+            untouched = {name: jnp.zeros_like(grid.z_interface) for name in state.tracers}
+            return (State(flux(plume.u, state.u), flux(plume.v, state.v),
+                          flux(plume.thl, state.thl), flux(plume.qt, state.qt), untouched),
+                    flux(plume.theta_v, theta_v))
+
+        def none():  # what transport gives where the mass flux is zero on every interface
+            zero = jnp.zeros_like(grid.z_interface)
+            return State(zero, zero, zero, zero, {name: zero for name in state.tracers}), zero
+
+        carries = jnp.any(plume.interface_mass_flux != 0)  # (NaN counts: it must show)
+        return jax.lax.cond(any_column(carries), transport, none)
+
+
+def _no_plume(state: State, theta_v) -> UpdraftProfile:
+    """The profile of a column without a plume, as ``MassFluxUpdraft._rise`` gives it: the
+    environment's conserved variables and θv, no liquid, velocity, area or mass flux, top 0,
+    no cloud."""
+    zero = jnp.zeros_like(state.thl)
+    nothing = jnp.zeros_like(state.thl[0])
+    nan = jnp.full_like(nothing, jnp.nan)
+    return UpdraftProfile(state.thl, state.qt, state.u, state.v, zero, theta_v, zero, zero, zero,
+                          zero[:-1], nothing, nan, nan, nothing)
 
 
 def _layer_factors(x):

@@ -1,7 +1,7 @@
 """Level primitives: the vertical loops of every scheme, written for one column.
 
 Schemes are written for one column and batched with ``jax.vmap``; every loop over levels (or
-over iterations) goes through one of the two primitives here, so that the batched kernel
+over iterations) goes through one of the two loop primitives here, so that the batched kernel
 behind each loop is chosen in one place for every scheme:
 
 - ``tridiagonal_solve``: the implicit vertical solves (Thomas algorithm);
@@ -45,6 +45,11 @@ primal loop stepped; where no column steps at all (no plume anywhere, as in ever
 column) the XLA kernel returns at once, without moving inputs and outputs between layouts.
 The Pallas kernel steps every level under the same guard (the same results).
 
+**Work that no column of a batch needs** (``any_column``): ``lax.cond`` on a per-column
+flag runs both branches for every column once batched; on ``any_column(flag)`` it stays a
+branch, taken for the whole batch when the flag holds in some column of it (the updraft's
+plume, skipped wherever every column of a batch is stably stratified).
+
 Every kernel runs the same step functions, so the backends differ by round-off only (the
 XLA kernels give the results of a plain ``lax.scan`` under ``vmap`` bit for bit, measured).
 """
@@ -86,6 +91,27 @@ def use_kernel(name: str | None):
         yield
     finally:
         _forced_kernel = previous
+
+
+# ---------------------------------------------------------------------------------------------
+# work that no column of a batch needs
+
+
+@jax.custom_batching.custom_vmap
+def any_column(flag):
+    """``flag`` of one column; under ``vmap``, whether it holds in any column of the batch
+    (one unbatched boolean). As the predicate of ``lax.cond`` it skips, for a whole batch,
+    work that no column of it needs: ``lax.cond(any_column(rises), plume, no_plume)`` stays
+    a branch when batched, where ``lax.cond(rises, ...)`` would run both branches for every
+    column and select. The taken branch then runs for every column of the batch, so the
+    work it guards must give, in a column whose flag is false, what the other branch gives
+    (the plume of a column that does not rise is no plume)."""
+    return flag
+
+
+@any_column.def_vmap
+def _any_column_rule(axis_size, in_batched, flag):
+    return (jnp.any(flag) if in_batched[0] else flag), False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from experiments.cases import build_case
 from physics.surface import MoninObukhovSurface
 from scm.integration import ColumnTerm, SemiImplicitEuler
-from scm.levels import recurrence, tridiagonal_solve, use_kernel
+from scm.levels import any_column, recurrence, tridiagonal_solve, use_kernel
 
 KERNELS = ("xla", "pallas_interpret")
 
@@ -154,6 +154,43 @@ def test_recurrence_refuses_an_active_that_is_not_a_boolean_of_the_carry():
     with pytest.raises(TypeError, match="carry alone"):
         jax.jit(lambda limit: recurrence(step, jnp.asarray(0.0), jnp.ones(3),
                                          active=lambda c: c < limit))(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# any_column: a branch that a whole batch skips
+
+
+def guarded(x):
+    """Work that only columns with x[0] > 0 need, under ``any_column``: the taken branch gives,
+    where the flag is false, what the skipped one gives (zeros)."""
+    flag = x[0] > 0
+    return jax.lax.cond(any_column(flag), lambda: jnp.where(flag, jnp.sin(x) * x[0], 0.0),
+                        lambda: jnp.zeros_like(x))
+
+
+def test_any_column_keeps_the_branch_under_vmap_with_the_values_and_derivatives(rng):
+    x = jnp.asarray(rng.normal(size=(5, 3)))
+    x = x.at[:, 0].set(jnp.asarray([1.0, -1.0, 2.0, -0.5, 0.3]))
+    assert "cond[" in str(jax.make_jaxpr(jax.vmap(guarded))(x))  # not a select of both
+    want = jnp.where(x[:, :1] > 0, jnp.sin(x) * x[:, :1], 0.0)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(guarded))(x), want)
+    for c in range(x.shape[0]):  # one column alone: the flag itself
+        np.testing.assert_array_equal(guarded(x[c]), want[c])
+    loss = lambda x: jnp.sum(jnp.sin(x) * jnp.where(x[:, :1] > 0, x[:, :1], 0.0))  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda x: jnp.sum(jax.vmap(guarded)(x))))(x),
+                               jax.grad(loss)(x), rtol=1e-14)
+    np.testing.assert_allclose(jax.vmap(jax.grad(lambda c: jnp.sum(guarded(c))))(x),
+                               jax.grad(loss)(x), rtol=1e-14)
+    tangent = jnp.ones_like(x)
+    np.testing.assert_allclose(jax.jvp(jax.vmap(guarded), (x,), (tangent,))[1],
+                               jax.jvp(lambda x: jnp.sin(x) * jnp.where(
+                                   x[:, :1] > 0, x[:, :1], 0.0), (x,), (tangent,))[1],
+                               rtol=1e-14)
+    # batched twice: any column of the inner batch, then of the outer; a batch of columns
+    # none of which needs the work gets the other branch
+    both = jnp.stack([x, -jnp.abs(x)])
+    np.testing.assert_array_equal(jax.jit(jax.vmap(jax.vmap(guarded)))(both),
+                                  jnp.stack([want, jnp.zeros_like(x)]))
 
 
 # ---------------------------------------------------------------------------------------------

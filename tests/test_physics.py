@@ -18,7 +18,9 @@ from physics.surface import (
     MoninObukhovSurface,
     PrescribedFluxSurface,
 )
+from physics.thermodynamics import diagnose
 from physics.turbulence import MIN_SHEAR2, ConstantDiffusivity, LocalClosure, TKEClosure
+from physics.updraft import _no_plume
 from scm.constants import GRAVITY, VON_KARMAN
 from scm.forcing import Forcing
 from scm.grid import ColumnGrid
@@ -406,6 +408,34 @@ def test_updraft_batched_over_columns_whose_plumes_stop_at_different_levels(colu
         for a, b in zip(jax.tree.leaves(jax.tree.map(lambda g, c=c: g[c], grads)),
                         jax.tree.leaves(jax.grad(loss)(state, one)), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_updraft_skipped_by_a_batch_without_heating_gives_what_the_plume_gives(column):
+    """A batch of columns none of which is heated from below skips the plume
+    (``scm.levels.any_column``): what it gives instead, for the plume and its fluxes, is what
+    the plume gives a cooled column, bit for bit."""
+    grid, state = column["grid"], column["states"][0]
+    closure = column["schemes"]["tke_flux"]
+    cooled = column["forcings"][1]
+    fluxes = closure.surface.fluxes(state, cooled, grid)
+    assert float(fluxes.buoyancy_flux) < 0
+    mean = diagnose(state, grid, closure.moist)
+    updraft = closure.updraft
+    plume = updraft._rise(state, grid, mean, fluxes, fluxes.buoyancy_flux > 0, closure.moist)
+    for a, b in zip(plume, _no_plume(state, mean.theta_v), strict=True):
+        np.testing.assert_array_equal(a, b)
+    explicit, mf_thv = updraft.interface_fluxes(plume, state, mean.theta_v, grid,
+                                                closure.time_step)
+    for a in (*jax.tree.leaves(explicit), mf_thv):
+        np.testing.assert_array_equal(a, 0.0)
+    # batched over two cooled columns (the skipping branch) it equals each alone
+    states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    states = eqx.tree_at(lambda s: s.thl, states, states.thl.at[1].add(0.5))
+    together = jax.jit(jax.vmap(lambda s: closure(s, cooled, grid)))(states)
+    for c in range(2):
+        alone = closure(jax.tree.map(lambda a, c=c: a[c], states), cooled, grid)
+        for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_allclose(a[c], b, rtol=1e-13, atol=1e-300)
 
 
 def test_tke_closure_updraft_only_under_surface_heating(column):

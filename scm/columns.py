@@ -14,6 +14,9 @@ training loss go through it.
   ``use_host_devices``). ``JAX_NUM_CPU_DEVICES=N`` or
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before the start override it
   (N = 1: no splitting).
+- **Blocks.** On a CPU a device runs a share of more than ``CPU_BLOCK`` columns in equal
+  blocks, one after the other, each through the whole function (a rollout from start to
+  end), so that its data stays in the caches; the results are those of one block.
 - **Uneven batches** are padded to a multiple of the device count with copies of the last
   column, whose results are dropped.
 - **Several hosts** (``jax.distributed``): call ``jax.distributed.initialize(...)`` in every

@@ -315,15 +315,16 @@ class MassFluxUpdraft(eqx.Module):
             return jnp.concatenate([zero, mass * (updraft[:-1] - subsiding_face_values(mean)),
                                     zero])
 
+        nothing = jnp.zeros_like(grid.z_interface)
+        untouched = {name: nothing for name in state.tracers}
+
         def transport():
-            untouched = {name: jnp.zeros_like(grid.z_interface) for name in state.tracers}
             return (State(flux(plume.u, state.u), flux(plume.v, state.v),
                           flux(plume.thl, state.thl), flux(plume.qt, state.qt), untouched),
                     flux(plume.theta_v, theta_v))
 
         def none():  # what transport gives where the mass flux is zero on every interface
-            zero = jnp.zeros_like(grid.z_interface)
-            return State(zero, zero, zero, zero, {name: zero for name in state.tracers}), zero
+            return State(nothing, nothing, nothing, nothing, untouched), nothing
 
         carries = jnp.any(plume.interface_mass_flux != 0)  # (NaN counts: it must show)
         return jax.lax.cond(any_column(carries), transport, none)

@@ -108,14 +108,14 @@ def map_columns(fn: Callable, in_axes, *args, devices: Sequence[jax.Device] | No
         run = jax.vmap(lambda *a: fn(*eqx.combine(a, statics)), in_axes)
         if blocks == 1:
             return run(*arrays)
-        split = tuple(a if axis is None else jax.tree.map(
+        # the batched arguments as (blocks, width, ...), the shared ones left out of the map
+        each = [None if axis is None else jax.tree.map(
             lambda x: x.reshape(blocks, width, *x.shape[1:]), a)
-            for a, axis in zip(arrays, in_axes, strict=True))
-        shared = [a if axis is None else None for a, axis in zip(split, in_axes, strict=True)]
-        each = [None if axis is None else a for a, axis in zip(split, in_axes, strict=True)]
+            for a, axis in zip(arrays, in_axes, strict=True)]
 
         def one_block(parts):
-            return run(*(s if p is None else p for s, p in zip(shared, parts, strict=True)))
+            return run(*(a if axis is None else p
+                         for a, p, axis in zip(arrays, parts, in_axes, strict=True)))
 
         out = jax.lax.map(one_block, each)
         return jax.tree.map(lambda x: x.reshape(blocks * width, *x.shape[2:]), out)

@@ -69,9 +69,11 @@ def column_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 #: Columns a CPU device runs at once (``map_columns``): a larger share runs block by block.
-#: GABLS1's rollout (64 levels, float32) on the 2-core CPU, split over both cores, ran at
-#: 2.2e5 column-steps/s with 8192 columns in one block per core, 4.0e5 in blocks of 512
-#: and 4.7-4.9e5 in blocks of 64 or 128 (4.0e5 in blocks of 32: too few columns per kernel).
+#: GABLS1's rollout (64 levels, float32) on the 2-core CPU, split over both cores, ran with
+#: 8192 columns at 2.2e5 column-steps/s in one block per core against 3.8-4.0e5 in blocks of
+#: 1024 (same run), and at 4.0-4.2e5 in blocks of 512, 4.7-4.9e5 in blocks of 128, 4.7e5 in
+#: blocks of 64; with 1024 columns, blocks of 32 ran at 4.0e5 against 4.8e5 in blocks of 64
+#: (too few columns per kernel).
 CPU_BLOCK = 128
 
 

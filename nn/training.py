@@ -20,8 +20,9 @@ the coarse model K steps with the scheme in its slot and minimize
 
 σ_φ the pooled temporal standard deviation of the truth (the variability the model has to
 follow: RMS over scenarios and levels of the standard deviation in time). The error is
-accumulated inside the checkpointed step loop (``scm.integration.checkpointed_steps``, chunks
-of ∛K steps), so the gradient's memory grows far slower than K. A column that goes
+accumulated inside the checkpointed step loop (``scm.integration.checkpointed_steps``: every
+step's carry stored up to K = 100, chunks of √K beyond), so the gradient's memory grows far
+slower than K. A column that goes
 non-finite or leaves the physical bounds during a rollout is held, **masked out of the loss
 and counted**; an update whose loss or gradient is not finite is skipped
 (``optax.apply_if_finite``). K follows a curriculum of
@@ -187,9 +188,8 @@ def rollout_error(model: Model, state0: State, forcing: ForcingSeries, target_at
     after step k + 1 (k = 0 … n_steps − 1), and the column's failure time (``inf`` if none).
 
     The error is summed inside the checkpointed step loop and each target is fetched when its
-    step is taken, so the gradient's memory grows far slower than K. Chunks of ∛K steps:
-    a step's residuals are about 16× its carry here (measured in ``benchmarks/training.py``),
-    so short chunks and many stored carries use the least memory.
+    step is taken, so the gradient stores carries and one step's residuals at a time
+    (``scm.integration.checkpointed_steps``): K carries up to K = 100, about 2√K beyond.
     """
     solver, term = SemiImplicitEuler(), ColumnTerm(model, forcing)
     dtype = state0.thl.dtype
@@ -204,7 +204,7 @@ def rollout_error(model: Model, state0: State, forcing: ForcingSeries, target_at
 
     carry0 = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype),
               jnp.asarray(-1, jnp.int32), jnp.zeros((), dtype))
-    carry = checkpointed_steps(step, carry0, n_steps, chunk=round(n_steps ** (1.0 / 3.0)))
+    carry = checkpointed_steps(step, carry0, n_steps)
     return carry[4] / n_steps, carry[2]
 
 

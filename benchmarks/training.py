@@ -131,8 +131,8 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in result["gradient"].items():
-        base = rows[0]["gradient_temp_bytes"]
         for row in rows:
+            base = rows[0]["gradient_temp_bytes"]
             lines.append(
                 f"| {name} | {row['rollout_steps']} | {row['gradient_temp_bytes'] / 2**20:.2f} "
                 f"| {row['gradient_temp_bytes'] / base:.2f} | "

@@ -132,10 +132,9 @@ def markdown(result: dict) -> str:
     ]
     for name, rows in result["gradient"].items():
         for row in rows:
-            base = rows[0]["gradient_temp_bytes"]
             lines.append(
                 f"| {name} | {row['rollout_steps']} | {row['gradient_temp_bytes'] / 2**20:.2f} "
-                f"| {row['gradient_temp_bytes'] / base:.2f} | "
+                f"| {row['gradient_temp_bytes'] / rows[0]['gradient_temp_bytes']:.2f} | "
                 f"{row['forward_temp_bytes'] / 2**20:.2f} | {row['forward_s']:.3f} | "
                 f"{row['gradient_s']:.3f} | {row['gradient_over_forward']:.2f} |")
     return "\n".join(lines) + "\n"

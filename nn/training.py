@@ -22,11 +22,10 @@ the coarse model K steps with the scheme in its slot and minimize
 follow: RMS over scenarios and levels of the standard deviation in time). The error is
 accumulated inside the checkpointed step loop (``scm.integration.checkpointed_steps``: every
 step's carry stored up to K = 100, chunks of √K beyond), so the gradient's memory grows far
-slower than K. A column that goes
-non-finite or leaves the physical bounds during a rollout is held, **masked out of the loss
-and counted**; an update whose loss or gradient is not finite is skipped
-(``optax.apply_if_finite``). K follows a curriculum of
-(K, iterations) stages (long rollouts only once short ones are learned: Um et al. 2020,
+slower than K. A column that goes non-finite or leaves the physical bounds during a rollout
+is held, **masked out of the loss and counted**; an update whose loss or gradient is not
+finite is skipped (``optax.apply_if_finite``). K follows a curriculum of (K, iterations)
+stages (long rollouts only once short ones are learned: Um et al. 2020,
 NeurIPS, "Solver-in-the-loop"; Kochkov et al. 2021, PNAS 118; Frezat et al. 2022, JAMES 14).
 
 Loss weights w_φ (``TrainingConfig.loss_weights``; fields of the state, one each by default)
